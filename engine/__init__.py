@@ -1,0 +1,1 @@
+"""omniroute engine."""
