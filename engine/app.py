@@ -1,0 +1,221 @@
+"""The ASGI app: client routes per wire format, model lists, health, and the management API.
+
+Every error leaves in the wire format of the route the client called: each chat route is bound to
+its format spec, and `encode_error` of that spec shapes the body.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .errors import ClientError, GatewayError, OmniError
+from .gateway import Gateway
+from .http import BodyTooLarge, JSONResponse, Receive, Request, Response, Router, Scope, Send
+from .pipeline import Call, error_response, json_error, run_chat
+
+ChatMeta = Callable[[Request], dict[str, Any]]
+
+
+def _no_meta(req: Request) -> dict[str, Any]:
+    return {}
+
+
+class App:
+    """ASGI 3 entry point. `gateway` holds the current runtime and long-lived state."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.router = Router()
+        self._routes()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gw.start()
+                    from .reload import Reloader
+
+                    if self.gw.runtime.settings.get("reload", True) and os.environ.get("OMNIROUTE_NO_RELOAD") != "1":
+                        self.gw.reloader = Reloader(self.gw)
+                        self.gw.reloader.start()
+                except Exception as e:  # noqa: BLE001 - report startup failure to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gw.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Request(scope, receive)
+        handler, params, known = self.router.match(req.method, req.path)
+        if handler is None:
+            status = 405 if known else 404
+            msg = f"method {req.method} not allowed on {req.path}" if known else f"no route {req.method} {req.path}"
+            await JSONResponse({"error": {"message": msg, "type": "invalid_request_error"}}, status)(send)
+            return
+        req.params = params
+        try:
+            resp = await handler(req)
+        except GatewayError as e:
+            resp = json_error(e)
+        except Exception:  # noqa: BLE001 - never leak a traceback to a client
+            self.gw.log.exception("unhandled error", extra={"path": req.path})
+            resp = JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, 500)
+        await resp(send)
+
+    # ------------------------------------------------------------ routes
+
+    def _routes(self) -> None:
+        r = self.router
+        chat = self.chat_handler
+        r.route("POST", "/v1/chat/completions", "/chat/completions")(chat("openai-chat"))
+        r.route("POST", "/v1/providers/{provider}/chat/completions")(chat("openai-chat", pin=True))
+        r.route("POST", "/v1/messages")(chat("anthropic-messages"))
+        r.route("POST", "/v1/responses", "/responses")(chat("openai-responses"))
+        r.route("POST", "/v1/api/chat", "/api/chat")(chat("ollama"))
+        r.route("POST", "/v1beta/models/{target:path}", "/v1/models/{target:path}")(self.gemini_handler())
+        r.route("GET", "/v1/models", "/models")(self.models)
+        r.route("GET", "/api/monitoring/health", "/health")(self.health)
+        from .admin import register_all
+
+        register_all(r, self.gw, self.admin)
+
+    def admin(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a management handler with the admin check."""
+
+        async def guarded(req: Request) -> Response:
+            self.gw.authorize_admin(req)
+            return await handler(req)
+
+        return guarded
+
+    def chat_handler(self, fmt_id: str, *, meta: ChatMeta = _no_meta, pin: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        gw = self.gw
+
+        async def handle(req: Request) -> Response:
+            rt = gw.runtime
+            fmt = rt.formats.get(fmt_id)
+            if fmt is None:
+                return JSONResponse({"error": {"message": f"the {fmt_id} format is not installed", "type": "not_found"}}, 404)
+            call: Call | None = None
+            try:
+                key = gw.authenticate(req, rt)
+                try:
+                    raw = await req.body(rt.server.max_body_bytes)
+                except BodyTooLarge as e:
+                    raise ClientError(str(e), status=413) from None
+                body = parse_json(raw)
+                call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req))
+                if pin:
+                    _pin_provider(rt, body, req.params["provider"])
+                return await run_chat(gw, call)
+            except GatewayError as e:
+                return error_response(fmt, e, call.headers if call else None)
+
+        return handle
+
+    def gemini_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        def meta(req: Request) -> dict[str, Any]:
+            model, _, action = req.params["target"].rpartition(":")
+            stream = action == "streamGenerateContent"
+            framing = "sse" if req.query.get("alt") == "sse" else "json-array"
+            return {"model": model, "stream": stream, "framing": framing if stream else None, "action": action}
+
+        handle = self.chat_handler("gemini", meta=meta)
+
+        async def gemini(req: Request) -> Response:
+            _, _, action = req.params["target"].rpartition(":")
+            if action not in ("generateContent", "streamGenerateContent", "countTokens"):
+                fmt = self.gw.runtime.formats.get("gemini")
+                err = ClientError(f"unsupported method ':{action}' (use :generateContent or :streamGenerateContent)", status=404, kind="not_found")
+                return error_response(fmt, err) if fmt else json_error(err)
+            return await handle(req)
+
+        return gemini
+
+    async def models(self, req: Request) -> Response:
+        rt = self.gw.runtime
+        self.gw.authenticate(req, rt)
+        created = int(self.gw.started)
+        data: list[dict[str, Any]] = []
+        for cid, conn in rt.connections.items():
+            for mid, m in conn.models.items():
+                data.append({"id": f"{cid}/{mid}", "object": "model", "created": created, "owned_by": cid, "type": m.type})
+        for name, target in rt.aliases.items():
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "alias", "type": "alias", "target": target})
+        for name, combo in rt.combos.items():
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "combo", "type": "combo", "strategy": combo.strategy})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, req: Request) -> Response:
+        gw = self.gw
+        rt = gw.runtime
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_s": round(time.time() - gw.started, 3),
+                "generation": rt.generation,
+                "fingerprint": rt.fingerprint,
+                "config_file": rt.config_file,
+                "last_reload_at": gw.last_reload_at,
+                "last_reload_error": gw.last_reload_error,
+                "summary": rt.summary(),
+            }
+        )
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw:
+        raise ClientError("request body is empty: send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ClientError(f"request body is not valid JSON: {e}") from None
+
+
+def _pin_provider(rt: Any, body: Any, provider: str) -> None:
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return  # decode reports the missing model in the client's words
+    if provider not in rt.prefixes:
+        raise ClientError(f"unknown provider '{provider}' (configured: {', '.join(sorted(rt.connections))})", status=404, kind="not_found")
+    model: str = body["model"]
+    prefix, sep, _ = model.partition("/")
+    if sep and prefix in rt.prefixes:
+        if rt.prefixes[prefix] != rt.prefixes[provider]:
+            raise ClientError(f"model '{model}' belongs to provider '{prefix}', not '{provider}'", param="model")
+        return
+    body["model"] = f"{provider}/{model}"
+
+
+def create_app(config_file: str | None = None, *, env: dict[str, str] | None = None) -> App:
+    """Build the runtime from `config_file` (or $OMNIROUTE_CONFIG) and return the ASGI app."""
+    from .compile import build
+
+    path = config_file or os.environ.get("OMNIROUTE_CONFIG") or "config.yaml"
+    try:
+        runtime = build(path, env=env)
+    except OmniError:
+        raise
+    return App(Gateway(runtime))
+
+
+def _from_env() -> App:
+    """granian's factory target: each worker builds its app from $OMNIROUTE_CONFIG."""
+    return create_app(os.environ.get("OMNIROUTE_CONFIG"))

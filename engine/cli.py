@@ -1,0 +1,155 @@
+"""The `omniroute` command: serve | check | demo | sql | explain.
+
+Exit codes: 0 ok, 1 invalid config (or a failed command), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="omniroute", description="One local endpoint for every AI client.")
+    p.add_argument("--version", action="version", version=f"omniroute {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def server_args(sp: argparse.ArgumentParser, config_required: bool) -> None:
+        sp.add_argument("-c", "--config", default=None if not config_required else "config.yaml", help="config file (default config.yaml)")
+        sp.add_argument("--host", help="listen address (default from config, else 127.0.0.1)")
+        sp.add_argument("--port", type=int, help="listen port (default from config, else 20128)")
+        sp.add_argument("--workers", type=int, help="worker processes (default from config, else 1)")
+
+    server_args(sub.add_parser("serve", help="run the gateway"), True)
+    server_args(sub.add_parser("demo", help="run the gateway on built-in fake upstreams (no API key needed)"), False)
+    c = sub.add_parser("check", help="load and compile the config and specs; print every problem")
+    c.add_argument("-c", "--config", default="config.yaml")
+    s = sub.add_parser("sql", help="read-only SQL over the usage data")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    e = sub.add_parser("explain", help="show the route plan for a model")
+    e.add_argument("-c", "--config", default="config.yaml")
+    e.add_argument("model")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "serve":
+        return _serve(args.config, args.host, args.port, args.workers)
+    if args.command == "demo":
+        return _demo(args.host, args.port, args.workers)
+    if args.command == "sql":
+        from .sqlcli import main as sql_main
+
+        return sql_main(args.rest)
+    if args.command == "explain":
+        return _explain(args.config, args.model)
+    return 2
+
+
+def _load(config: str):  # type: ignore[no-untyped-def]
+    from .compile import build
+    from .errors import SpecError
+
+    try:
+        return build(config)
+    except SpecError as e:
+        print(f"{len(e.problems)} problem(s) in the configuration:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return None
+
+
+def _check(config: str) -> int:
+    rt = _load(config)
+    if rt is None:
+        return 1
+    s = rt.summary()
+    print(
+        f"ok: {config}: {s['providers']} providers, {s['models']} models, {s['aliases']} aliases, "
+        f"{s['combos']} combos, {s['keys']} keys ({s['provider_specs']} provider specs, {s['formats']} formats; "
+        f"fingerprint {rt.fingerprint})"
+    )
+    return 0
+
+
+def _serve(config: str, host: str | None, port: int | None, workers: int | None, banner: str = "") -> int:
+    rt = _load(config)
+    if rt is None:
+        return 1
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    host = host or rt.server.host
+    port = port or rt.server.port
+    os.environ["OMNIROUTE_CONFIG"] = str(Path(config).resolve())
+    if banner:
+        print(banner.format(host=host, port=port), flush=True)
+    print(f"omniroute {__version__} serving on http://{host}:{port} (config {config})", flush=True)
+    Server(
+        "engine.app:_from_env",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers or rt.server.workers,
+        factory=True,
+        log_enabled=True,
+        log_access=False,
+    ).serve()
+    return 0
+
+
+DEMO_BANNER = """
+omniroute demo: every provider below is a built-in fake upstream on loopback; no key, no network.
+
+  curl -s http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "openai/gpt-4.1", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="http://{host}:{port}/v1", api_key="demo"); \\
+print(c.chat.completions.create(model="demo", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+
+Models: openai/gpt-4.1, anthropic/claude-sonnet-4-5, gemini/gemini-2.5-flash, ollama/llama3.2, combo 'demo'.
+"""
+
+
+def _demo(host: str | None, port: int | None, workers: int | None) -> int:
+    from tools.fake_upstream.launch import FakeUpstream
+
+    with FakeUpstream() as fake, tempfile.TemporaryDirectory(prefix="omniroute-demo-") as tmp:
+        os.environ["OMNIROUTE_FAKE_URL"] = fake.base_url
+        os.environ["OMNIROUTE_DEMO_DATA"] = tmp
+        return _serve(str(DEMO_CONFIG), host, port, workers, DEMO_BANNER)
+
+
+def _explain(config: str, model: str) -> int:
+    rt = _load(config)
+    if rt is None:
+        return 1
+    from .errors import GatewayError
+    from .routing import resolve
+
+    try:
+        res = resolve(rt, model)
+    except GatewayError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    print(f"{model}: {'combo ' + res.combo.name + ' (' + res.combo.strategy + ')' if res.combo else 'direct'}")
+    if res.chain:
+        print(f"  via: {' -> '.join(res.chain)}")
+    for i, t in enumerate(res.targets, 1):
+        accounts = ", ".join(a.label for a in t.connection.accounts)
+        print(f"  {i}. {t.key}  format={t.connection.format.id}  accounts=[{accounts}]{'' if t.model.known else '  (model not in spec: unpriced)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Specs + config -> one immutable Runtime, or a SpecError listing every located problem.
+
+`build()` is the whole of `omniroute check` and of a reload: load every file, validate it against
+its schema, compile expressions, resolve every cross-reference (a combo target naming an unknown
+model fails here, not at request time). Nothing in here runs per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import Problem, SpecError
+from .pricing import Price
+from .routing import STRATEGIES
+from .runtime import (
+    CAPABILITIES,
+    Account,
+    ApiKey,
+    Combo,
+    ComboTarget,
+    Connection,
+    Model,
+    ProviderSpec,
+    Runtime,
+    ServerSettings,
+)
+from .source import Doc, load_file, load_yaml, validate
+from .translate import Format, compile_format
+
+BUILTIN_SPECS = Path(os.environ.get("OMNIROUTE_SPECS", Path(__file__).resolve().parent.parent / "specs"))
+MAX_COMBO_DEPTH = 3
+_frozen = MappingProxyType
+
+
+def spec_dirs(config: Mapping[str, Any], config_file: Path | None) -> list[Path]:
+    dirs = [BUILTIN_SPECS]
+    base = config_file.parent if config_file else Path.cwd()
+    for d in config.get("spec_dirs") or []:
+        if isinstance(d, str):
+            dirs.append((base / d).resolve())
+    return dirs
+
+
+class _Build:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[Problem] = []
+        self.digest = hashlib.sha256()
+
+    def read(self, path: Path, schema_name: str, *, expand: bool = False, text: str | None = None) -> Doc | None:
+        if text is None:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                self.problems.append(Problem(str(path), 0, 0, "", f"cannot read file ({e.__class__.__name__})"))
+                return None
+        self.digest.update(str(path).encode() + b"\0" + text.encode() + b"\0")
+        doc, problems = load_yaml(text, str(path), env=self.env, expand=expand)
+        self.problems.extend(problems)
+        if doc.data is None:
+            return None
+        if not isinstance(doc.data, dict):
+            self.problems.append(doc.problem((), "the document must be a mapping of keys to values"))
+            return None
+        schema_problems = validate(doc, schema_name)
+        self.problems.extend(schema_problems)
+        return None if schema_problems else doc
+
+
+def _spec_files(dirs: list[Path], kind: str) -> dict[str, Path]:
+    """id -> file; a later directory overrides an earlier one (user specs override built-ins)."""
+    out: dict[str, Path] = {}
+    for d in dirs:
+        sub = d / kind
+        if sub.is_dir():
+            for f in sorted(sub.glob("*.yaml")):
+                out[f.stem] = f
+    return out
+
+
+def _model(mid: str, raw: Mapping[str, Any], base: Model | None = None) -> Model:
+    price = Price.from_spec(raw["price"]) if "price" in raw else (base.price if base else None)
+    caps = raw.get("capabilities")
+    return Model(
+        id=mid,
+        type=raw.get("type", base.type if base else "chat"),
+        name=raw.get("name", base.name if base else mid),
+        context=raw.get("context", base.context if base else None),
+        max_output=raw.get("max_output", base.max_output if base else None),
+        capabilities=frozenset(caps) if caps is not None else (base.capabilities if base else frozenset()),
+        price=price,
+        upstream=raw.get("upstream", base.upstream if base else mid),
+        dimensions=raw.get("dimensions", base.dimensions if base else None),
+    )
+
+
+def _formats(b: _Build, dirs: list[Path]) -> dict[str, Format]:
+    formats: dict[str, Format] = {}
+    for fid, path in _spec_files(dirs, "formats").items():
+        doc = b.read(path, "format")
+        if doc is None:
+            continue
+        fmt = compile_format(fid, doc.data, lambda p, msg, d=doc: b.problems.append(d.problem(p, msg)))
+        if fmt is not None:
+            formats[fid] = fmt
+    return formats
+
+
+def _providers(b: _Build, dirs: list[Path], formats: Mapping[str, Format]) -> dict[str, ProviderSpec]:
+    providers: dict[str, ProviderSpec] = {}
+    alias_owner: dict[str, str] = {}
+    files = _spec_files(dirs, "providers")
+    for pid, path in files.items():
+        doc = b.read(path, "provider")
+        if doc is None:
+            continue
+        raw = doc.data
+        ok = True
+        if raw["format"] not in formats:
+            b.problems.append(doc.problem(("format",), f"unknown wire format '{raw['format']}' (valid values: {', '.join(sorted(formats))})"))
+            ok = False
+        auth = raw["auth"]
+        if auth["kind"] == "header" and not auth.get("header"):
+            b.problems.append(doc.problem(("auth",), "auth kind 'header' needs 'header' (the header name)"))
+            ok = False
+        if auth["kind"] == "query" and not auth.get("param"):
+            b.problems.append(doc.problem(("auth",), "auth kind 'query' needs 'param' (the query parameter name)"))
+            ok = False
+        if not raw.get("base_url") and not raw.get("requires_base_url"):
+            b.problems.append(doc.problem((), "give base_url, or set requires_base_url: true"))
+            ok = False
+        if "chat" not in raw["endpoints"] and not any(k in raw["endpoints"] for k in ("embeddings", "images", "transcriptions")):
+            b.problems.append(doc.problem(("endpoints",), "a provider needs at least one of chat, embeddings, images, transcriptions"))
+            ok = False
+        for i, alias in enumerate(raw.get("aliases") or []):
+            other = alias_owner.get(alias)
+            if alias in files or (other and other != pid):
+                b.problems.append(doc.problem(("aliases", i), f"alias '{alias}' is already used by provider '{other or alias}'"))
+                ok = False
+            alias_owner[alias] = pid
+        if not ok:
+            continue
+        models = {}
+        for mid, m in (raw.get("models") or {}).items():
+            try:
+                models[mid] = _model(mid, m)
+            except (ValueError, TypeError) as e:
+                b.problems.append(doc.problem(("models", mid, "price"), str(e)))
+        providers[pid] = ProviderSpec(
+            id=pid,
+            name=raw["name"],
+            format=raw["format"],
+            base_url=(raw.get("base_url") or "").rstrip("/"),
+            requires_base_url=bool(raw.get("requires_base_url")),
+            auth=_frozen(dict(auth)),
+            headers=_frozen(dict(raw.get("headers") or {})),
+            endpoints=_frozen(dict(raw["endpoints"])),
+            rate_limit_headers=_frozen(dict(raw.get("rate_limit_headers") or {})),
+            timeouts=_frozen(dict(raw.get("timeouts") or {})),
+            aliases=tuple(raw.get("aliases") or ()),
+            models=_frozen(models),
+            file=str(path),
+        )
+    return providers
+
+
+def _connections(b: _Build, doc: Doc, providers: Mapping[str, ProviderSpec], formats: Mapping[str, Format]) -> dict[str, Connection]:
+    out: dict[str, Connection] = {}
+    for cid, raw in (doc.data.get("providers") or {}).items():
+        here = ("providers", cid)
+        if raw.get("enabled") is False:
+            continue
+        sid = raw.get("spec", cid)
+        spec = providers.get(sid)
+        if spec is None:
+            where = (*here, "spec") if "spec" in raw else here
+            b.problems.append(doc.problem(where, f"unknown provider '{sid}' (valid values: {', '.join(sorted(providers))})"))
+            continue
+        base_url = (raw.get("base_url") or spec.base_url).rstrip("/")
+        if not base_url:
+            b.problems.append(doc.problem(here, f"provider '{sid}' needs base_url (the address of your server)"))
+            continue
+        accounts_raw = raw.get("accounts") or ([{"api_key": raw["api_key"]}] if "api_key" in raw else [])
+        if "api_key" in raw and "accounts" in raw:
+            b.problems.append(doc.problem((*here, "api_key"), "give either api_key or accounts, not both"))
+        needs_key = spec.auth["kind"] != "none" and not spec.auth.get("optional")
+        accounts = []
+        for i, a in enumerate(accounts_raw):
+            key = a.get("api_key") or ""
+            if needs_key and not key:
+                b.problems.append(doc.problem((*here, "accounts", i), "missing api_key (the provider needs a key)"))
+            accounts.append(Account(label=a.get("label") or (cid if len(accounts_raw) == 1 else f"{cid}#{i + 1}"), api_key=key, weight=a.get("weight", 1.0)))
+        if not accounts:
+            if needs_key:
+                b.problems.append(doc.problem(here, f"missing api_key: provider '{sid}' needs a key (api_key: ${{ENV_VAR}})"))
+                continue
+            accounts.append(Account(label=cid, api_key=""))
+        models = dict(spec.models)
+        for mid, m in (raw.get("models") or {}).items():
+            bad = [k for k in m if k not in ("name", "type", "context", "max_output", "capabilities", "price", "upstream", "dimensions")]
+            if bad:
+                b.problems.append(doc.problem((*here, "models", mid, bad[0]), f"unknown key '{bad[0]}' (valid keys: capabilities, context, dimensions, max_output, name, price, type, upstream)"))
+                continue
+            caps = [c for c in m.get("capabilities") or [] if c not in CAPABILITIES]
+            if caps:
+                b.problems.append(doc.problem((*here, "models", mid, "capabilities"), f"unknown capability '{caps[0]}' (valid values: {', '.join(CAPABILITIES)})"))
+                continue
+            try:
+                models[mid] = _model(mid, m, spec.models.get(mid))
+            except (ValueError, TypeError) as e:
+                b.problems.append(doc.problem((*here, "models", mid), str(e)))
+        out[cid] = Connection(
+            id=cid,
+            spec=spec,
+            format=formats[spec.format],
+            base_url=base_url,
+            accounts=tuple(accounts),
+            headers=_frozen({**spec.headers, **(raw.get("headers") or {})}),
+            models=_frozen(models),
+            timeouts=_frozen({**spec.timeouts, **(raw.get("timeouts") or {})}),
+        )
+    return out
+
+
+def build(config_file: Path | str | None, *, env: Mapping[str, str] | None = None, generation: int = 1, text: str | None = None) -> Runtime:
+    """Load and compile everything. Raises SpecError with every problem found."""
+    env = os.environ if env is None else env
+    b = _Build(env)
+    path = Path(config_file) if config_file else None
+    if path is None and text is None:
+        raise SpecError([Problem("config.yaml", 0, 0, "", "no config file given (use -c config.yaml)")])
+    cfg_name = str(path) if path else "<config>"
+    if text is None and path is not None and not path.exists():
+        raise SpecError([Problem(cfg_name, 0, 0, "", "config file not found")])
+    doc = b.read(path or Path(cfg_name), "config", expand=True, text=text)
+    config: dict[str, Any] = doc.data if doc else {}
+    dirs = spec_dirs(config, path)
+    formats = _formats(b, dirs)
+    providers = _providers(b, dirs, formats)
+    if doc is None:
+        raise SpecError(b.problems)
+    connections = _connections(b, doc, providers, formats)
+    from .routing import check_references  # cross-references need the resolver
+
+    prefixes: dict[str, str] = {}
+    for cid, conn in connections.items():
+        prefixes[cid] = cid
+    for cid, conn in connections.items():
+        for alias in conn.spec.aliases:
+            prefixes.setdefault(alias, cid)
+    model_index: dict[str, list[str]] = {}
+    prices: dict[str, Price] = {}
+    for cid, conn in connections.items():
+        for mid, m in conn.models.items():
+            model_index.setdefault(mid, []).append(cid)
+            if m.price is not None:
+                prices[f"{cid}/{mid}"] = m.price
+    combos = {}
+    for name, raw in (config.get("combos") or {}).items():
+        strategy = raw.get("strategy", "priority")
+        if strategy not in STRATEGIES:
+            b.problems.append(doc.problem(("combos", name, "strategy"), f"unknown strategy '{strategy}' (valid values: {', '.join(STRATEGIES)})"))
+        targets = tuple(ComboTarget(t, 1.0) if isinstance(t, str) else ComboTarget(t["model"], t.get("weight", 1.0)) for t in raw["targets"])
+        settings = {k: v for k, v in raw.items() if k not in ("strategy", "targets")}
+        combos[name] = Combo(name, strategy, targets, _frozen(settings))
+    keys, keys_by_hash = _keys(b, doc)
+    server_raw = config.get("server") or {}
+    require = server_raw.get("require_api_key", False)
+    env_require = env.get("REQUIRE_API_KEY")
+    if env_require is not None:
+        require = env_require.strip().lower() in ("1", "true", "yes", "on")
+    server = ServerSettings(
+        host=server_raw.get("host", "127.0.0.1"),
+        port=server_raw.get("port", 20128),
+        workers=server_raw.get("workers", 1),
+        require_api_key=require,
+        max_body_bytes=server_raw.get("max_body_bytes", 32 * 1024 * 1024),
+        admin_password_hash=server_raw.get("admin_password_hash"),
+    )
+    base = path.parent if path else Path.cwd()
+    runtime = Runtime(
+        generation=generation,
+        fingerprint=b.digest.hexdigest()[:16],
+        config_file=cfg_name,
+        data_dir=str((base / config.get("data_dir", "data")).resolve()),
+        server=server,
+        settings=_frozen(dict(config.get("settings") or {})),
+        formats=_frozen(formats),
+        providers=_frozen(providers),
+        connections=_frozen(connections),
+        prefixes=_frozen(prefixes),
+        aliases=_frozen(dict(config.get("aliases") or {})),
+        combos=_frozen(combos),
+        keys=_frozen(keys),
+        keys_by_hash=_frozen(keys_by_hash),
+        model_index=_frozen({k: tuple(v) for k, v in model_index.items()}),
+        prices=_frozen(prices),
+        raw_config=_frozen(config),
+        watch_paths=tuple(str(p) for p in ([path] if path else []) + dirs),
+    )
+    b.problems.extend(check_references(runtime, doc))
+    if b.problems:
+        raise SpecError(b.problems)
+    return runtime
+
+
+def _keys(b: _Build, doc: Doc) -> tuple[dict[str, ApiKey], dict[str, ApiKey]]:
+    keys: dict[str, ApiKey] = {}
+    by_hash: dict[str, ApiKey] = {}
+    for i, raw in enumerate(doc.data.get("keys") or []):
+        name = raw["name"]
+        if name in keys:
+            b.problems.append(doc.problem(("keys", i, "name"), f"duplicate key name '{name}'"))
+            continue
+        digest = raw.get("key_sha256") or hashlib.sha256(raw["key"].encode()).hexdigest()
+        if digest in by_hash:
+            b.problems.append(doc.problem(("keys", i), f"key '{name}' has the same secret as key '{by_hash[digest].name}'"))
+            continue
+        budget = None
+        if raw.get("budget"):
+            from .budget import BudgetSpec
+
+            bud = raw["budget"]
+            budget = BudgetSpec(period=bud["period"], limit_micro_usd=int(round(bud["limit_usd"] * 1_000_000)), warn_at=bud.get("warn_at", 0.8))
+        key = ApiKey(name=name, sha256=digest, models=tuple(raw.get("models") or ()), budget=budget, admin=bool(raw.get("admin")), log_payloads=bool(raw.get("log_payloads")))
+        keys[name] = key
+        by_hash[digest] = key
+    return keys, by_hash
+
+
+def check(config_file: Path | str, env: Mapping[str, str] | None = None) -> Runtime:
+    """`omniroute check`: exactly what a reload does, minus the swap."""
+    return build(config_file, env=env)
+
+
+__all__ = ["BUILTIN_SPECS", "build", "check", "load_file"]

@@ -1,0 +1,164 @@
+"""The Gateway: the current Runtime plus the state that outlives any one config.
+
+The Runtime is swapped whole on reload; everything here (upstream connection pool, usage writer,
+budgets, breakers) is keyed by identity and survives the swap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClientError, GatewayError, OmniError
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .http import Request
+    from .routing import Resolution
+    from .runtime import ApiKey, Runtime
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost", "")
+
+
+class _Log(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """One sentence per line with key=value fields; fields never carry secrets."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = kwargs.pop("extra", None)
+        if extra:
+            msg = f"{msg} " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return msg, kwargs
+
+
+class Gateway:
+    def __init__(self, runtime: Runtime, *, upstream: Upstream | None = None) -> None:
+        self.runtime = runtime
+        self.started = time.time()
+        self.upstream = upstream or Upstream()
+        self.last_reload_error: str | None = None
+        self.last_reload_at: float | None = None
+        self.log = _Log(logging.getLogger("omniroute"), {})
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self.usage: Any = None
+        self.budgets: Any = None
+        self.reloader: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        from .usage import UsageStore
+
+        try:
+            self.usage = UsageStore(_data_path(self.runtime))
+            self.usage.start()
+        except (OSError, OmniError) as e:
+            self.log.error("usage analytics disabled: data directory is not usable", extra={"error": e.__class__.__name__})
+            self.usage = None
+        from .budget import BudgetBook
+
+        self.budgets = BudgetBook(_data_path(self.runtime))
+        if self.usage is not None:
+            try:
+                self.budgets.rebuild(self.usage)
+            except Exception as e:  # noqa: BLE001 - analytics must never stop the gateway from serving
+                self.log.error("budget spend could not be rebuilt", extra={"error": e.__class__.__name__})
+
+    async def close(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.stop()
+        await self.upstream.aclose()
+        if self.usage is not None:
+            self.usage.close()
+
+    def swap(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.last_reload_error = None
+        self.last_reload_at = time.time()
+
+    def request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):08x}"
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if self.usage is not None:
+            self.usage.record(rec)
+
+    # ------------------------------------------------------------ auth
+
+    def authenticate(self, req: Request, rt: Runtime) -> ApiKey | None:
+        """The caller's key, None for anonymous. An invalid key is always 401."""
+        presented = client_key(req)
+        if presented is None:
+            if rt.server.require_api_key:
+                raise GatewayError("missing API key: send 'Authorization: Bearer <key>'", status=401, kind="authentication")
+            return None
+        if not rt.keys and not rt.server.require_api_key:
+            return None  # nothing to check against: SDKs insist on sending some key
+        key = rt.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest())
+        if key is None:
+            raise GatewayError("invalid API key", status=401, kind="authentication")
+        return key
+
+    def authorize_model(self, key: ApiKey | None, res: Resolution) -> None:
+        if key is None or not key.models:
+            return
+        from fnmatch import fnmatchcase
+
+        names = [res.requested, *res.chain, *(t.key for t in res.targets)]
+        if not any(fnmatchcase(n, pat) for n in names for pat in key.models):
+            raise ClientError(f"key '{key.name}' may not use model '{res.requested}' (allowed: {', '.join(key.models)})", status=403, kind="permission")
+
+    def authorize_admin(self, req: Request) -> None:
+        rt = self.runtime
+        presented = client_key(req)
+        if presented is not None:
+            key = rt.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest())
+            if key is not None and key.admin:
+                return
+        password_hash = rt.server.admin_password_hash or _initial_password_hash()
+        cookie = _cookie(req.headers.get("cookie", ""), "auth_token")
+        if cookie and password_hash and hmac.compare_digest(hashlib.sha256(cookie.encode()).hexdigest(), password_hash):
+            return
+        has_admin = any(k.admin for k in rt.keys.values()) or password_hash
+        if not has_admin and req.client in _LOOPBACK:
+            return  # a fresh local install: the machine's own user manages it
+        raise GatewayError("management API needs an admin key or a login", status=401, kind="authentication")
+
+
+def _data_path(rt: Runtime) -> Any:
+    from pathlib import Path
+
+    return Path(rt.data_dir)
+
+
+def _initial_password_hash() -> str | None:
+    pw = os.environ.get("INITIAL_PASSWORD")
+    return hashlib.sha256(pw.encode()).hexdigest() if pw else None
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return None
+
+
+def client_key(req: Request) -> str | None:
+    h = req.headers
+    auth = h.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for name in ("x-api-key", "x-goog-api-key"):
+        v = h.get(name)
+        if v:
+            return v.strip()
+    q = req.query.get("key") if req.scope.get("query_string") else None
+    return q or None

@@ -1,0 +1,91 @@
+"""Hot reload: watch the config file and the spec directories, compile, swap or keep.
+
+A change is compiled off the event loop (in a thread) into a complete new Runtime. On success the
+gateway's one reference is swapped; requests already running keep the Runtime they started with.
+On failure every located problem is logged and the old Runtime keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import watchfiles
+
+from .compile import build
+from .errors import OmniError, SpecError
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+
+class Reloader:
+    def __init__(self, gw: Gateway, *, debounce_ms: int = 50) -> None:
+        self.gw = gw
+        self.debounce_ms = debounce_ms
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def _targets(self) -> tuple[list[Path], set[Path]]:
+        """Directories to watch, and the config file inside its directory (editors replace files by
+        renaming, so watching the file itself would lose it after the first save)."""
+        rt = self.gw.runtime
+        dirs: list[Path] = []
+        files: set[Path] = set()
+        for p in map(Path, rt.watch_paths):
+            if p.is_dir():
+                dirs.append(p)
+            else:
+                files.add(p.resolve())
+                dirs.append(p.resolve().parent)
+        return [d for d in dict.fromkeys(dirs) if d.exists()], files
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            dirs, files = self._targets()
+            spec_dirs = [d for d in dirs if d not in {f.parent for f in files}]
+
+            def relevant(change: watchfiles.Change, path: str, files: set[Path] = files, spec_dirs: list[Path] = spec_dirs) -> bool:
+                p = Path(path)
+                if p in files or p.resolve() in files:
+                    return True
+                return p.suffix in (".yaml", ".yml") and any(d in p.parents for d in spec_dirs)
+
+            async for _changes in watchfiles.awatch(
+                *dirs, watch_filter=relevant, debounce=self.debounce_ms, step=20, stop_event=self._stop, recursive=True
+            ):
+                await self.reload()
+                break  # watch again: the config may now name other spec directories
+
+    async def reload(self) -> bool:
+        gw = self.gw
+        old = gw.runtime
+        try:
+            new = await asyncio.to_thread(build, old.config_file, generation=old.generation + 1)
+        except SpecError as e:
+            gw.last_reload_error = str(e)
+            gw.log.error(f"config reload failed, still serving generation {old.generation}:\n{e}")
+            return False
+        except OmniError as e:
+            gw.last_reload_error = str(e)
+            gw.log.error(f"config reload failed, still serving generation {old.generation}: {e}")
+            return False
+        if new.fingerprint == old.fingerprint:
+            return False
+        gw.swap(new)
+        gw.log.info("config reloaded", extra={"generation": new.generation, "fingerprint": new.fingerprint})
+        if gw.usage is not None:
+            gw.usage.audit("system", "config.reload", new.config_file, {"generation": new.generation, "fingerprint": new.fingerprint})
+        return True
