@@ -52,7 +52,7 @@ class App:
                     if self.gw.runtime.settings.get("reload", True) and os.environ.get("OMNIROUTE_NO_RELOAD") != "1":
                         self.gw.reloader = Reloader(self.gw)
                         self.gw.reloader.start()
-                except Exception as e:  # noqa: BLE001 - report startup failure to the server
+                except Exception as e:
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -74,7 +74,7 @@ class App:
             resp = await handler(req)
         except GatewayError as e:
             resp = json_error(e)
-        except Exception:  # noqa: BLE001 - never leak a traceback to a client
+        except Exception:
             self.gw.log.exception("unhandled error", extra={"path": req.path})
             resp = JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, 500)
         await resp(send)

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import Any
 from pathlib import Path
 
 from . import __version__
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _load(config: str):  # type: ignore[no-untyped-def]
+def _load(config: str) -> Any:
     from .compile import build
     from .errors import SpecError
 
@@ -82,15 +83,36 @@ def _check(config: str) -> int:
     return 0
 
 
+def _preflight(config: str) -> tuple[str, int, int] | None:
+    """Validate the config in a forked child, so this supervisor process never holds the compiled
+    runtime (the workers build their own): that keeps the idle memory of `serve` down."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        rt = _load(config)
+        if rt is not None:
+            os.write(write, f"{rt.server.host} {rt.server.port} {rt.server.workers}".encode())
+        os._exit(0 if rt is not None else 1)
+    os.close(write)
+    with os.fdopen(read) as f:
+        answer = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not answer:
+        return None
+    host, port, workers = answer.split()
+    return host, int(port), int(workers)
+
+
 def _serve(config: str, host: str | None, port: int | None, workers: int | None, banner: str = "") -> int:
-    rt = _load(config)
-    if rt is None:
+    settings = _preflight(config)
+    if settings is None:
         return 1
     from granian.constants import Interfaces
     from granian.server import Server
 
-    host = host or rt.server.host
-    port = port or rt.server.port
+    host = host or settings[0]
+    port = port or settings[1]
     os.environ["OMNIROUTE_CONFIG"] = str(Path(config).resolve())
     if banner:
         print(banner.format(host=host, port=port), flush=True)
@@ -100,7 +122,7 @@ def _serve(config: str, host: str | None, port: int | None, workers: int | None,
         address=host,
         port=port,
         interface=Interfaces.ASGI,
-        workers=workers or rt.server.workers,
+        workers=workers or settings[2],
         factory=True,
         log_enabled=True,
         log_access=False,

@@ -99,30 +99,52 @@ def _model(mid: str, raw: Mapping[str, Any], base: Model | None = None) -> Model
     )
 
 
+# Spec files rarely change between reloads: their compiled form is reused while the text is the
+# same (Format and ProviderSpec are immutable, so sharing them across Runtimes is safe).
+_MEMO: dict[tuple[Any, ...], tuple[Any, list[Problem]]] = {}
+
+
+def _memo(b: _Build, path: Path, schema_name: str, extra: Any, fn: Any) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        b.problems.append(Problem(str(path), 0, 0, "", f"cannot read file ({e.__class__.__name__})"))
+        return None
+    b.digest.update(str(path).encode() + b"\0" + text.encode() + b"\0")
+    key = (schema_name, str(path), hashlib.sha256(text.encode()).digest(), extra)
+    hit = _MEMO.get(key)
+    if hit is None:
+        sub = _Build(b.env)
+        doc = sub.read(path, schema_name, text=text)
+        result = fn(sub, doc) if doc is not None else None
+        hit = (result, sub.problems)
+        if len(_MEMO) > 1024:
+            _MEMO.clear()
+        _MEMO[key] = hit
+    b.problems.extend(hit[1])
+    return hit[0]
+
+
+def _compile_format(b: _Build, doc: Doc) -> Format | None:
+    fid = Path(doc.file).stem
+    return compile_format(fid, doc.data, lambda p, msg: b.problems.append(doc.problem(p, msg)))
+
+
 def _formats(b: _Build, dirs: list[Path]) -> dict[str, Format]:
     formats: dict[str, Format] = {}
     for fid, path in _spec_files(dirs, "formats").items():
-        doc = b.read(path, "format")
-        if doc is None:
-            continue
-        fmt = compile_format(fid, doc.data, lambda p, msg, d=doc: b.problems.append(d.problem(p, msg)))
+        fmt = _memo(b, path, "format", None, _compile_format)
         if fmt is not None:
             formats[fid] = fmt
     return formats
 
 
-def _providers(b: _Build, dirs: list[Path], formats: Mapping[str, Format]) -> dict[str, ProviderSpec]:
-    providers: dict[str, ProviderSpec] = {}
-    alias_owner: dict[str, str] = {}
-    files = _spec_files(dirs, "providers")
-    for pid, path in files.items():
-        doc = b.read(path, "provider")
-        if doc is None:
-            continue
+def _compile_provider(format_ids: frozenset[str]) -> Any:
+    def compile_one(b: _Build, doc: Doc) -> ProviderSpec | None:
         raw = doc.data
         ok = True
-        if raw["format"] not in formats:
-            b.problems.append(doc.problem(("format",), f"unknown wire format '{raw['format']}' (valid values: {', '.join(sorted(formats))})"))
+        if raw["format"] not in format_ids:
+            b.problems.append(doc.problem(("format",), f"unknown wire format '{raw['format']}' (valid values: {', '.join(sorted(format_ids))})"))
             ok = False
         auth = raw["auth"]
         if auth["kind"] == "header" and not auth.get("header"):
@@ -134,25 +156,20 @@ def _providers(b: _Build, dirs: list[Path], formats: Mapping[str, Format]) -> di
         if not raw.get("base_url") and not raw.get("requires_base_url"):
             b.problems.append(doc.problem((), "give base_url, or set requires_base_url: true"))
             ok = False
-        if "chat" not in raw["endpoints"] and not any(k in raw["endpoints"] for k in ("embeddings", "images", "transcriptions")):
+        if not any(k in raw["endpoints"] for k in ("chat", "embeddings", "images", "transcriptions")):
             b.problems.append(doc.problem(("endpoints",), "a provider needs at least one of chat, embeddings, images, transcriptions"))
             ok = False
-        for i, alias in enumerate(raw.get("aliases") or []):
-            other = alias_owner.get(alias)
-            if alias in files or (other and other != pid):
-                b.problems.append(doc.problem(("aliases", i), f"alias '{alias}' is already used by provider '{other or alias}'"))
-                ok = False
-            alias_owner[alias] = pid
-        if not ok:
-            continue
         models = {}
         for mid, m in (raw.get("models") or {}).items():
             try:
                 models[mid] = _model(mid, m)
             except (ValueError, TypeError) as e:
                 b.problems.append(doc.problem(("models", mid, "price"), str(e)))
-        providers[pid] = ProviderSpec(
-            id=pid,
+                ok = False
+        if not ok:
+            return None
+        return ProviderSpec(
+            id=Path(doc.file).stem,
             name=raw["name"],
             format=raw["format"],
             base_url=(raw.get("base_url") or "").rstrip("/"),
@@ -164,8 +181,31 @@ def _providers(b: _Build, dirs: list[Path], formats: Mapping[str, Format]) -> di
             timeouts=_frozen(dict(raw.get("timeouts") or {})),
             aliases=tuple(raw.get("aliases") or ()),
             models=_frozen(models),
-            file=str(path),
+            file=doc.file,
         )
+
+    return compile_one
+
+
+def _providers(b: _Build, dirs: list[Path], formats: Mapping[str, Format]) -> dict[str, ProviderSpec]:
+    providers: dict[str, ProviderSpec] = {}
+    files = _spec_files(dirs, "providers")
+    format_ids = frozenset(formats)
+    alias_owner: dict[str, str] = {}
+    for pid, path in files.items():
+        spec = _memo(b, path, "provider", format_ids, _compile_provider(format_ids))
+        if spec is None:
+            continue
+        clash = False
+        for i, alias in enumerate(spec.aliases):
+            other = alias_owner.get(alias) or (alias if alias in files else None)
+            if other and other != pid:
+                doc, _ = load_file(path)
+                b.problems.append(doc.problem(("aliases", i), f"alias '{alias}' is already used by provider '{other}'"))
+                clash = True
+            alias_owner.setdefault(alias, pid)
+        if not clash:
+            providers[pid] = spec
     return providers
 
 
@@ -247,9 +287,7 @@ def build(config_file: Path | str | None, *, env: Mapping[str, str] | None = Non
     connections = _connections(b, doc, providers, formats)
     from .routing import check_references  # cross-references need the resolver
 
-    prefixes: dict[str, str] = {}
-    for cid, conn in connections.items():
-        prefixes[cid] = cid
+    prefixes: dict[str, str] = {cid: cid for cid in connections}
     for cid, conn in connections.items():
         for alias in conn.spec.aliases:
             prefixes.setdefault(alias, cid)
@@ -326,7 +364,7 @@ def _keys(b: _Build, doc: Doc) -> tuple[dict[str, ApiKey], dict[str, ApiKey]]:
             from .budget import BudgetSpec
 
             bud = raw["budget"]
-            budget = BudgetSpec(period=bud["period"], limit_micro_usd=int(round(bud["limit_usd"] * 1_000_000)), warn_at=bud.get("warn_at", 0.8))
+            budget = BudgetSpec(period=bud["period"], limit_micro_usd=round(bud["limit_usd"] * 1_000_000), warn_at=bud.get("warn_at", 0.8))
         key = ApiKey(name=name, sha256=digest, models=tuple(raw.get("models") or ()), budget=budget, admin=bool(raw.get("admin")), log_payloads=bool(raw.get("log_payloads")))
         keys[name] = key
         by_hash[digest] = key

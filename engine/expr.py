@@ -248,7 +248,12 @@ def compile_node(spec: Any, where: str = "") -> Node:
         except ExprError as e:
             raise ExprError(f"{where}: {e}" if where else str(e)) from None
     if spec is None or isinstance(spec, bool | int | float):
-        return lambda ctx, _v=spec: _v
+        constant = spec
+
+        def const(ctx: Ctx) -> Any:
+            return constant
+
+        return const
     if isinstance(spec, list):
         items = [compile_node(s, f"{where}[{i}]") for i, s in enumerate(spec)]
 
@@ -294,7 +299,7 @@ def _compile_directive(spec: dict[str, Any], where: str) -> Node:
         name = spec.get("$as", "it")
         body = compile_node(spec.get("$do", name), f"{where}.$do")
         flat = bool(spec.get("$flat", False))
-        empty = None if spec.get("$nonempty") else []
+        empty: list[Any] | None = None if spec.get("$nonempty") else []
 
         def each(ctx: Ctx) -> list[Any] | None:
             items = source(ctx)
@@ -396,4 +401,4 @@ def _compile_directive(spec: dict[str, Any], where: str) -> Node:
 
 def _truthy(v: Any) -> bool:
     # JMESPath truthiness: empty containers and empty strings are false.
-    return bool(v) or v == 0 and not isinstance(v, bool) and v is not None
+    return bool(v) or (v == 0 and not isinstance(v, bool) and v is not None)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 _LOOPBACK = ("127.0.0.1", "::1", "localhost", "")
 
 
-class _Log(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _Log(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
     """One sentence per line with key=value fields; fields never carry secrets."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -66,7 +66,7 @@ class Gateway:
         if self.usage is not None:
             try:
                 self.budgets.rebuild(self.usage)
-            except Exception as e:  # noqa: BLE001 - analytics must never stop the gateway from serving
+            except Exception as e:
                 self.log.error("budget spend could not be rebuilt", extra={"error": e.__class__.__name__})
 
     async def close(self) -> None:

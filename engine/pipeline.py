@@ -45,6 +45,12 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     req: dict[str, Any] | None = None
 
+    def canonical(self) -> dict[str, Any]:
+        """The canonical request, decoded on first use (the fast path never needs it)."""
+        if self.req is None:
+            self.req = self.fmt.decode_request(self.body, self.meta, validated=True)
+        return self.req
+
     def mark(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.timing[name] = self.timing.get(name, 0.0) + (now - since) * 1000
@@ -60,13 +66,16 @@ def needs_translation(call: Call, target: Target) -> bool:
 
 async def run_chat(gw: Gateway, call: Call) -> Response:
     t = time.perf_counter()
-    req = call.fmt.decode_request(call.body, call.meta)
-    call.req = req
+    head = call.fmt.peek(call.body, call.meta)
     t = call.mark("parse", t)
-    stream = bool(req.get("stream"))
-    call.meta["stream"] = stream
-    call.meta["include_usage"] = bool(req.get("include_usage"))
-    res = resolve(call.rt, req.get("model") or "", {"request": req})
+    stream = bool(head.get("stream"))
+    meta = call.meta
+    meta["stream"] = stream
+    meta["id"] = call.rid
+    meta["created"] = int(time.time())
+    meta.setdefault("model", head["model"])
+    meta["include_usage"] = bool(head.get("include_usage"))
+    res = resolve(call.rt, head["model"], {"call": call})
     gw.authorize_model(call.key, res)
     t = call.mark("route", t)
     last: GatewayError | None = None
@@ -80,18 +89,18 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
             if not e.retryable or attempt == len(targets) - 1:
                 break
             gw.log.info("falling back to the next target", extra={"rid": call.rid, "provider": target.connection.id, "status": e.status})
-    assert last is not None  # noqa: S101 - the loop runs at least once: resolve never returns no target
+    if last is None:  # resolve never returns an empty plan; this keeps the type checker honest
+        raise GatewayError(f"no target for model '{head['model']}'")
     raise last
 
 
 async def _attempt(gw: Gateway, call: Call, target: Target, attempt: int, stream: bool, combo: str | None) -> Response:
     conn, model = target.connection, target.model
     up_fmt = conn.format
-    req = call.req
-    assert req is not None  # noqa: S101
     t = time.perf_counter()
     passthrough = up_fmt is call.fmt
-    lossy = [] if passthrough else up_fmt.lossy(features_used(req))
+    req = None if passthrough else call.canonical()
+    lossy = up_fmt.lossy(features_used(req)) if req is not None else []
     if lossy:
         if call.rt.strict:
             raise ClientError(f"{conn.id}/{model.id} ({up_fmt.id}) cannot carry: {', '.join(lossy)} (strict_translation is on)")
@@ -103,7 +112,7 @@ async def _attempt(gw: Gateway, call: Call, target: Target, attempt: int, stream
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = orjson.dumps(body)
     else:
-        payload = orjson.dumps(up_fmt.encode_request(req, {"model": model.upstream or model.id, "stream": stream}))
+        payload = orjson.dumps(up_fmt.encode_request(call.canonical(), {"model": model.upstream or model.id, "stream": stream}))
     account = conn.accounts[0]
     request = gw.upstream.build(conn, account, "chat", model, stream=stream, body=payload)
     t = call.mark("translate", t)

@@ -153,7 +153,7 @@ def schema(name: str) -> jsonschema.protocols.Validator:
     raw = json.loads(text)
     cls = jsonschema.validators.validator_for(raw)
     cls.check_schema(raw)
-    return cls(raw)  # type: ignore[no-any-return]
+    return cls(raw)
 
 
 def validate(doc: Doc, schema_name: str) -> list[Problem]:
@@ -188,10 +188,12 @@ def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]
 def _describe(doc: Doc, err: jsonschema.ValidationError) -> Problem:
     path = tuple(err.absolute_path)
     secret = any(isinstance(p, str) and p in SECRET_KEYS for p in path)
-    v, sv = err.validator, err.validator_value
-    inst = err.instance
+    v: Any = err.validator
+    sv: Any = err.validator_value
+    inst: Any = err.instance
+    schema_: Any = err.schema
     if v == "additionalProperties" and isinstance(inst, dict):
-        props = err.schema.get("properties", {})
+        props = schema_.get("properties", {})
         extra = [k for k in inst if k not in props]
         key = extra[0] if extra else "?"
         valid = ", ".join(sorted(props)) if props else "none"

@@ -81,7 +81,7 @@ class NDJSONParser:
 class JSONArrayParser:
     """A streamed JSON array of objects (Gemini without `alt=sse`): yields each element's text."""
 
-    __slots__ = ("_buf", "_depth", "_in_str", "_esc", "_start", "_pos")
+    __slots__ = ("_buf", "_depth", "_esc", "_in_str", "_pos", "_start")
 
     def __init__(self) -> None:
         self._buf = b""

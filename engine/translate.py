@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import orjson
 
 from .canonical import FEATURES, clean_usage, merge_usage, normalize_response
 from .errors import ClientError, GatewayError, UpstreamError
 from .expr import Ctx, ExprError, Node, _gen_id, _truthy, compile_node
-from .stream import parser_for, Writer
+from .stream import Writer, parser_for
 
 _EMPTY: Node = lambda ctx: None  # noqa: E731
 
@@ -43,6 +44,7 @@ class Format:
     event_field: str | None
     sequence_field: str | None
     validator: Any
+    req_peek: Node | None
     req_decode: Node | None
     req_encode: Node | None
     resp_decode: Node | None
@@ -63,15 +65,33 @@ class Format:
 
     # ---------------------------------------------------------------- requests
 
-    def decode_request(self, body: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Client wire body -> canonical request. Raises ClientError naming the bad field.
-        `meta` carries what the route knows beyond the body (Gemini's model and stream)."""
+    def validate(self, body: Any) -> None:
+        """Raise ClientError naming the first bad field; nothing else happens to a bad request."""
         if not isinstance(body, dict):
             raise ClientError("request body must be a JSON object")
         if self.validator is not None:
-            err = next(iter(self.validator.iter_errors(body)), None)
-            if err is not None:
-                raise ClientError(_schema_message(err), param=_param(err))
+            try:
+                self.validator(body)
+            except fastjsonschema.JsonSchemaValueException as e:
+                message, param = _schema_message(e)
+                raise ClientError(message, param=param) from None
+
+    def peek(self, body: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        """Validate, then read only what routing needs (model, stream, include_usage). The full
+        decode waits until an attempt needs the canonical form: the same-format fast path never does."""
+        self.validate(body)
+        if self.req_peek is None:
+            return self.decode_request(body, meta, validated=True)
+        head = self.req_peek({"src": body, "meta": meta})
+        if not isinstance(head.get("model"), str) or not head["model"]:
+            raise ClientError("missing required field 'model'", param="model")
+        return head
+
+    def decode_request(self, body: Any, meta: dict[str, Any] | None = None, *, validated: bool = False) -> dict[str, Any]:
+        """Client wire body -> canonical request. Raises ClientError naming the bad field.
+        `meta` carries what the route knows beyond the body (Gemini's model and stream)."""
+        if not validated:
+            self.validate(body)
         if self.req_decode is None:
             raise ClientError(f"the {self.id} format cannot be used by clients")
         try:
@@ -84,7 +104,7 @@ class Format:
         if self.req_encode is None:
             raise GatewayError(f"the {self.id} format cannot be sent upstream")
         try:
-            return self.req_encode({"src": req, "meta": meta})  # type: ignore[no-any-return]
+            return self.req_encode({"src": req, "meta": meta})
         except ExprError as e:
             raise ClientError(f"request cannot be translated to {self.id}: {e}") from None
 
@@ -155,31 +175,25 @@ def _clean_request(req: dict[str, Any]) -> dict[str, Any]:
     return req
 
 
-def _schema_message(err: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in err.absolute_path)
-    v = err.validator
-    if v == "required":
-        missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
+def _schema_message(e: fastjsonschema.JsonSchemaValueException) -> tuple[str, str | None]:
+    """A message naming the field, in the client's terms (`messages[0].role`, not `data...`)."""
+    path = (e.name or "data").removeprefix("data").lstrip(".")
+    rule, definition = e.rule, e.rule_definition
+    if rule == "required":
+        missing = [k for k in definition if isinstance(e.value, dict) and k not in e.value]
         name = ".".join(filter(None, [path, missing[0] if missing else ""]))
-        return f"missing required field '{name}'"
-    if v == "type":
-        want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
-        return f"field '{path}' must be of type {want}"
-    if v == "enum":
-        return f"field '{path}' must be one of: {', '.join(map(str, err.validator_value))}"
-    if v in ("minItems", "minLength"):
-        return f"field '{path}' must not be empty"
-    if v in ("minimum", "maximum"):
-        return f"field '{path}' must be {'>=' if v == 'minimum' else '<='} {err.validator_value}"
-    return f"field '{path}': {err.message}" if path else err.message
-
-
-def _param(err: jsonschema.ValidationError) -> str | None:
-    path = ".".join(str(p) for p in err.absolute_path)
-    if err.validator == "required":
-        missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
-        return ".".join(filter(None, [path, missing[0] if missing else ""])) or None
-    return path or None
+        return f"missing required field '{name}'", name or None
+    if rule == "type":
+        want = definition if isinstance(definition, str) else " or ".join(definition)
+        return f"field '{path}' must be of type {want}", path or None
+    if rule == "enum":
+        return f"field '{path}' must be one of: {', '.join(map(str, definition))}", path or None
+    if rule in ("minItems", "minLength"):
+        return f"field '{path}' must not be empty", path or None
+    if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[rule]
+        return f"field '{path}' must be {op} {definition}", path or None
+    return f"field '{path}' is invalid ({rule})", path or None
 
 
 def _emit(out: list[dict[str, Any]], value: Any) -> None:
@@ -328,9 +342,8 @@ class StreamEncoder:
             merge_usage(st["usage"], ev)
         elif t == "finish":
             st["stop_reason"] = ev.get("stop_reason") or "stop"
-        elif t == "start":
-            if ev.get("id") and not self.meta.get("id"):
-                st["upstream_id"] = ev["id"]
+        elif t == "start" and ev.get("id"):
+            st["upstream_id"] = ev["id"]
         return b"".join(buf)
 
     def _ensure_block(self, kind: str, key: Any, ev: dict[str, Any], buf: list[bytes]) -> None:
@@ -441,12 +454,12 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
     validator = None
     if req.get("validate") is not None:
         try:
-            cls = jsonschema.validators.validator_for(req["validate"])
-            cls.check_schema(req["validate"])
-            validator = cls(req["validate"])
-        except jsonschema.SchemaError as e:
+            jsonschema.validators.validator_for(req["validate"]).check_schema(req["validate"])
+            # fastjsonschema generates Python for the schema: ~20x faster than interpreting it.
+            validator = fastjsonschema.compile(req["validate"])
+        except (jsonschema.SchemaError, fastjsonschema.JsonSchemaDefinitionException) as e:
             ok = False
-            problem(("request", "validate"), f"invalid JSON Schema: {e.message}")
+            problem(("request", "validate"), f"invalid JSON Schema: {getattr(e, 'message', e)}")
     blocks = enc.get("blocks") or {}
     fmt = Format(
         id=fid,
@@ -457,6 +470,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         event_field=stream.get("event_field"),
         sequence_field=stream.get("sequence_field"),
         validator=validator,
+        req_peek=node(("request", "peek"), req.get("peek")),
         req_decode=node(("request", "decode"), req.get("decode")),
         req_encode=node(("request", "encode"), req.get("encode")),
         resp_decode=node(("response", "decode"), resp.get("decode")),

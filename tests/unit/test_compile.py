@@ -1,0 +1,80 @@
+"""Compile: the whole config + specs into a Runtime, or every located problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.compile import build
+from engine.errors import SpecError
+
+
+def write(tmp: Path, text: str) -> Path:
+    p = tmp / "config.yaml"
+    p.write_text(text)
+    return p
+
+
+def problems(tmp: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(SpecError) as e:
+        build(write(tmp, text), env=env or {})
+    return [str(p) for p in e.value.problems if "config.yaml" in p.file]
+
+
+def test_valid_config_compiles(tmp_path: Path) -> None:
+    rt = build(write(tmp_path, "providers:\n  openai: {api_key: sk-1}\naliases: {fast: openai/gpt-4.1-mini}\n"), env={})
+    assert rt.connections["openai"].accounts[0].api_key == "sk-1"
+    assert "sk-1" not in repr(rt.connections["openai"])
+    assert rt.aliases["fast"] == "openai/gpt-4.1-mini"
+    assert rt.prefixes["oai"] == "openai"  # the spec's short alias
+    assert rt.prices["openai/gpt-4.1"].input is not None
+
+
+def test_unknown_provider_spec_lists_choices(tmp_path: Path) -> None:
+    [p] = problems(tmp_path, "providers:\n  mine: {spec: opnai, api_key: k}\n")
+    assert p.startswith(f"{tmp_path}/config.yaml:2:10: providers.mine.spec: unknown provider 'opnai' (valid values: ")
+    assert "openai" in p
+
+
+def test_unknown_strategy_and_unknown_target(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "providers:\n  openai: {api_key: k}\ncombos:\n  c:\n    strategy: fastest\n    targets: [openai/gpt-4.1, openai/gpt-9]\n",
+    )
+    assert any(":5:5: combos.c.strategy: unknown strategy 'fastest' (valid values: " in p for p in found)
+    assert any(":6:31: combos.c.targets[1]: unknown model 'gpt-9' for provider 'openai'" in p for p in found)
+
+
+def test_combo_cycles_and_depth(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "providers:\n  openai: {api_key: k}\ncombos:\n  a: {targets: [b]}\n  b: {targets: [a]}\n",
+    )
+    assert any("cycle: a -> b -> a" in p for p in found)
+    deep = "providers:\n  openai: {api_key: k}\ncombos:\n" + "".join(
+        f"  c{i}: {{targets: [c{i + 1}]}}\n" for i in range(4)
+    ) + "  c4: {targets: [openai/gpt-4.1]}\n"
+    assert any("nest 5 deep" in p for p in problems(tmp_path, deep))
+
+
+def test_missing_key_and_env(tmp_path: Path) -> None:
+    found = problems(tmp_path, "providers:\n  openai: {}\n  anthropic: {api_key: '${ANTHROPIC_KEY}'}\n")
+    assert any("providers.openai: missing api_key" in p for p in found)
+    assert any("environment variable ANTHROPIC_KEY is not set" in p for p in found)
+
+
+def test_require_api_key_from_env(tmp_path: Path) -> None:
+    rt = build(write(tmp_path, "providers: {}\n"), env={"REQUIRE_API_KEY": "true"})
+    assert rt.server.require_api_key is True
+
+
+def test_keys_are_hashed(tmp_path: Path) -> None:
+    rt = build(write(tmp_path, "keys:\n  - {name: a, key: sk-secret-123}\n"), env={})
+    assert "sk-secret-123" not in repr(rt.keys) and len(rt.keys["a"].sha256) == 64
+
+
+def test_fingerprint_changes_with_config(tmp_path: Path) -> None:
+    a = build(write(tmp_path, "aliases: {}\n"), env={})
+    b = build(write(tmp_path, "aliases: {}\nsettings: {strict_translation: true}\n"), env={})
+    assert a.fingerprint != b.fingerprint and b.strict

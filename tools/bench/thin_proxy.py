@@ -1,0 +1,58 @@
+"""The thinnest possible granian proxy, as a baseline for the gateway's own cost.
+
+`THIN_CLIENT` picks the upstream client: httpx (its own transport), httpx-aiohttp, or aiohttp.
+Run: THIN_TARGET=http://... granian --interface asgi tools.bench.thin_proxy:app
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+TARGET = os.environ.get("THIN_TARGET", "")
+CLIENT = os.environ.get("THIN_CLIENT", "httpx-aiohttp")
+_client: Any = None
+
+
+def _make() -> Any:
+    if CLIENT == "aiohttp":
+        import aiohttp
+
+        return aiohttp.ClientSession()
+    import httpx
+
+    if CLIENT == "httpx":
+        return httpx.AsyncClient()
+    from httpx_aiohttp import AiohttpTransport
+
+    return httpx.AsyncClient(transport=AiohttpTransport())
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _client
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while True:
+                m = await receive()
+                await send({"type": m["type"] + ".complete"})
+                if m["type"] == "lifespan.shutdown":
+                    return
+        return
+    body = b""
+    more = True
+    while more:
+        m = await receive()
+        body += m.get("body", b"")
+        more = m.get("more_body", False)
+    if _client is None:
+        _client = _make()
+    headers = {"content-type": "application/json", "authorization": "Bearer x"}
+    if CLIENT == "aiohttp":
+        async with _client.post(TARGET, data=body, headers=headers) as r:
+            data = await r.read()
+            status = r.status
+    else:
+        r = await _client.post(TARGET, content=body, headers=headers)
+        data, status = r.content, r.status_code
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
