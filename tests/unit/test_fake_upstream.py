@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -750,6 +751,59 @@ def test_cut_breaks_the_connection(
         for piece in resp.iter_bytes():
             received += piece
     assert b"word2" in received and b"word3" not in received
+
+
+# --- tool choice and pacing ----------------------------------------------------------------
+
+
+def test_forced_tool_choice_calls_a_tool_and_none_suppresses_it(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, gem: genai.Client
+) -> None:
+    tools: Any = [*OPENAI_TOOLS, {"type": "function", "function": {"name": "get_time", "parameters": {}}}]
+    msgs: Any = [{"role": "user", "content": "hello"}]
+    named: Any = {"type": "function", "function": {"name": "get_time"}}
+    forced = oai.chat.completions.create(model="m", messages=msgs, tools=tools, tool_choice=named)
+    assert [c.function.name for c in forced.choices[0].message.tool_calls or []] == ["get_time"]  # type: ignore[union-attr]
+    muted: Any = [{"role": "user", "content": "hello [[tool]]"}]
+    none = oai.chat.completions.create(model="m", messages=muted, tools=tools, tool_choice="none")
+    assert (
+        none.choices[0].message.content == "Hello! You said: hello" and not none.choices[0].message.tool_calls
+    )
+
+    any_tool = claude.messages.create(
+        model="c", max_tokens=50, tools=ANTHROPIC_TOOLS, tool_choice={"type": "any"}, messages=msgs
+    )
+    assert any_tool.stop_reason == "tool_use"
+
+    calling = gtypes.FunctionCallingConfig(mode=gtypes.FunctionCallingConfigMode.ANY)
+    decl = gtypes.FunctionDeclaration(name="get_weather", parameters_json_schema=WEATHER_SCHEMA)
+    config = gtypes.GenerateContentConfig(
+        tools=[gtypes.Tool(function_declarations=[decl])],
+        tool_config=gtypes.ToolConfig(function_calling_config=calling),
+    )
+    resp = gem.models.generate_content(model="gemini-2.5-flash", contents="hello", config=config)
+    assert [c.name for c in resp.function_calls or []] == ["get_weather"]
+
+
+def test_slow_directive_and_scripted_delay(fake: FakeUpstream, http: httpx.Client) -> None:
+    body = {
+        "model": "pace-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[words:3]] [[slow:60]]"}],
+    }
+    started = time.monotonic()
+    with http.stream("POST", "/ollama/api/chat", json=body) as resp:
+        first = time.monotonic() - started
+        lines = [line for line in resp.iter_lines() if line]
+    total = time.monotonic() - started
+    assert len(lines) == 4 and first >= 0.06 and total >= 0.18  # before the answer, then between chunks
+    fake.script({"status": 200, "delay_ms": 80}, model="pace-model", route="ollama.chat")
+    started = time.monotonic()
+    resp = http.post(
+        "/ollama/api/chat",
+        json={"model": "pace-model", "stream": False, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert resp.status_code == 200 and time.monotonic() - started >= 0.08
 
 
 # --- control endpoints ----------------------------------------------------------------------

@@ -63,6 +63,9 @@ RATE_HEADERS: Headers = [
     (b"anthropic-ratelimit-requests-limit", b"4000"),
     (b"anthropic-ratelimit-requests-remaining", b"3999"),
     (b"anthropic-ratelimit-requests-reset", b"2030-01-01T00:00:00Z"),
+    (b"anthropic-ratelimit-tokens-limit", b"2400000"),
+    (b"anthropic-ratelimit-tokens-remaining", b"2398000"),
+    (b"anthropic-ratelimit-tokens-reset", b"2030-01-01T00:00:00Z"),
     (b"anthropic-ratelimit-input-tokens-limit", b"2000000"),
     (b"anthropic-ratelimit-input-tokens-remaining", b"1999000"),
     (b"anthropic-ratelimit-input-tokens-reset", b"2030-01-01T00:00:00Z"),
@@ -411,6 +414,9 @@ def to_turn(body: dict[str, Any]) -> Turn:
     for tool in body.get("tools") or ():
         if tool.get("type") in (None, "custom"):
             turn.tools.append((tool["name"], tool.get("input_schema") or {}))
+    choice = body.get("tool_choice") or {}
+    kind = str(choice.get("type"))
+    turn.tool_choice = {"none": "none", "any": "required", "tool": choice.get("name")}.get(kind)
     turn.max_tokens = body.get("max_tokens")
     turn.stop = [s for s in body.get("stop_sequences") or () if isinstance(s, str)]
     return turn

@@ -7,6 +7,7 @@ same answer, the same token counts and the same stop reason for the same convers
 Directives, found in the text of the last user message (all stripped from the echoed text):
     [[words:N]]     answer exactly N words ("word1 word2 ...")
     [[tool]]        call the first declared tool; [[tool:NAME]] that tool; [[tools:N]] N calls
+                    (a request's forced tool choice also calls one; tool choice "none" calls none)
     [[think]]       include reasoning / thinking output
     [[length]]      stop because of the token limit
     [[error:CODE]]  answer that HTTP error in the provider's error shape
@@ -99,6 +100,8 @@ class Turn:
     tool_results: list[str] | None = None
     # Declared tools: (name, JSON-schema-like parameters).
     tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The request's tool choice: None (model decides), "none", "required", or a tool name.
+    tool_choice: str | None = None
     prompt_chars: int = 0
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -165,7 +168,13 @@ def make_plan(turn: Turn, model: str) -> Plan:
 
     if turn.tool_results is not None:
         words = ("Tool result: " + " ".join(turn.tool_results)).split()
-    elif (d.tool_count and turn.tools) or d.tool_name:
+    elif turn.tool_choice != "none" and (
+        (d.tool_count and turn.tools) or d.tool_name or (turn.tool_choice and turn.tools)
+    ):
+        # A forced tool choice makes the model call a tool even without a directive, as real ones do.
+        if turn.tool_choice not in (None, "required") and not d.tool_name:
+            d.tool_name = turn.tool_choice
+        d.tool_count = d.tool_count or 1
         plan.tool_calls = _tool_calls(d, turn.tools)
         words = []
     elif d.words is not None:

@@ -265,6 +265,13 @@ def to_turn(body: dict[str, Any]) -> Turn:
         for decl in decls if isinstance(decls, list) else [decls]:
             schema = decl.get("parameters") or _get(decl, "parametersJsonSchema") or {}
             turn.tools.append((decl["name"], schema))
+    calling = _get(_get(body, "toolConfig") or {}, "functionCallingConfig") or {}
+    mode = str(calling.get("mode") or "").upper()
+    if mode == "NONE":
+        turn.tool_choice = "none"
+    elif mode == "ANY":
+        allowed = _get(calling, "allowedFunctionNames") or []
+        turn.tool_choice = allowed[0] if isinstance(allowed, list) and len(allowed) == 1 else "required"
     config = _get(body, "generationConfig") or {}
     limit = _get(config, "maxOutputTokens")
     turn.max_tokens = limit if isinstance(limit, int) else None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from . import behaviour as bh
 from .behaviour import Plan, Turn
 from .wire import CT_SSE, Frame, Headers, Reply, Request, drive, dumps, json_reply, now, rand_id, stream_reply
@@ -430,6 +432,11 @@ def to_turn(body: dict[str, Any]) -> Turn:
         fn = tool.get("function") if tool.get("type") == "function" else None
         if fn:
             turn.tools.append((fn["name"], fn.get("parameters") or {}))
+    choice = body.get("tool_choice")
+    if choice in ("none", "required"):
+        turn.tool_choice = choice
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        turn.tool_choice = choice["function"].get("name")
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     turn.max_tokens = limit if isinstance(limit, int) else None
     stop = body.get("stop")
@@ -498,12 +505,13 @@ def stream_frames(plan: Plan, model: str, n: int, include_usage: bool) -> list[F
         "system_fingerprint": "fp_fake0001",
     }
 
+    # Every chunk shares its head; serialising it once keeps long streams cheap to build.
+    prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":['
+    suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+
     def chunk(idx: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        obj = dict(head)
-        obj["choices"] = [{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}]
-        if include_usage:
-            obj["usage"] = None
-        return b"data: " + dumps(obj) + b"\n\n"
+        choice = {"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return prefix + orjson.dumps(choice) + suffix
 
     frames: list[Frame] = []
     for idx in range(n):
