@@ -189,8 +189,8 @@ def make_plan(turn: Turn, model: str) -> Plan:
     text = " ".join(words)
     for seq in turn.stop:
         if seq and seq in text:
-            text = text[: text.index(seq)]
-            words = text.split()
+            words = text[: text.index(seq)].split()
+            text = " ".join(words)  # streamed chunks rejoin to exactly this
             plan.stop, plan.stop_sequence = "stop_sequence", seq
             break
     plan.text = text
