@@ -1,11 +1,12 @@
 """Model prices and the cost of one request, in integer micro-USD.
 
 Why integers: money must add up exactly across millions of records, and floats do not (0.1 + 0.2).
-A provider spec writes prices the way vendors publish them, USD per million tokens
-(`{input: 2.0, output: 8.0, cached_input: 0.5}`); `Price.from_spec` turns each into an integer
-number of micro-USD per million tokens through `Decimal(str(value))`, so `2.0` is exactly
-2_000_000. A cost is then `sum(tokens * price) / 1e6` micro-USD, computed on integers and rounded
-once, half up, at the end.
+A provider spec writes prices the way vendors publish them: USD per million tokens
+(`{input: 2.0, output: 8.0, cached_input: 0.5}`), USD per image or per audio second
+(`{per_audio_second: 0.00003083}`). `Price` keeps every field on one integer scale, micro-USD per
+million units (tokens, images or seconds), converted through `Decimal(str(value))`: input 2.0 is
+exactly 2_000_000, and $0.00003083 per second is 30_830_000. A cost is then
+`sum(count * price) / 1e6` micro-USD, computed on integers and rounded once, half up, at the end.
 
 Token semantics (OpenAI's, which the pipeline normalises every upstream to):
 - `input_tokens` is the TOTAL input, cached reads and cache writes included; the uncached part is
@@ -41,8 +42,9 @@ _SPEC_FIELDS = {
 }
 
 
-def usd_to_micro(value: Any, what: str = "price") -> int:
-    """USD as written in YAML or JSON (int, float, numeric string) -> exact integer micro-USD."""
+def usd_to_micro(value: Any, what: str = "price", scale: int = MICRO) -> int:
+    """USD as written in YAML or JSON (int, float, numeric string) -> exact integer micro-USD
+    (with `scale` = 10**12: micro-USD per million units, for per-unit prices)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"{what} must be a number of USD, got {value!r}")
     try:
@@ -51,9 +53,10 @@ def usd_to_micro(value: Any, what: str = "price") -> int:
         raise ValueError(f"{what} must be a number of USD, got {value!r}")
     if not d.is_finite() or d < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
-    micro = d * MICRO
+    micro = d * scale
     if micro != micro.to_integral_value():
-        raise ValueError(f"{what} has more than 6 decimal places ({value!r}); prices are kept in whole micro-USD")
+        places = len(str(scale)) - 1
+        raise ValueError(f"{what} has more than {places} decimal places ({value!r}), finer than prices are kept")
     return int(micro)
 
 
@@ -66,7 +69,8 @@ def micro_to_usd(micro: int | None) -> Decimal | None:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Prices of one model. Token prices in micro-USD per million tokens, unit prices in micro-USD.
+    """Prices of one model, each in micro-USD per million units: tokens for the first five
+    fields, images for `per_image`, seconds for `per_audio_second`.
 
     Every field is optional: None means "the spec does not say", never "free" (0 means free).
     """
@@ -96,8 +100,10 @@ class Price:
             {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
         )
         for key, value in d.items():
-            unit = "per million tokens" if not key.startswith("per_") else key.replace("_", " ")
-            values[_SPEC_FIELDS[key]] = None if value is None else usd_to_micro(value, f"price.{key} (USD {unit})")
+            per_unit = key.startswith("per_")
+            unit = key.replace("_", " ") if per_unit else "per million tokens"
+            values[_SPEC_FIELDS[key]] = (None if value is None else
+                                         usd_to_micro(value, f"price.{key} (USD {unit})", MICRO * MICRO if per_unit else MICRO))
         price = cls(**values)
         return None if price.is_empty() else price
 
@@ -110,7 +116,7 @@ class Price:
         for f in fields(self):
             v = getattr(self, f.name)
             if v is not None:
-                out[f.name] = float(micro_to_usd(v))  # type: ignore[arg-type]
+                out[f.name] = float(Decimal(v).scaleb(-12 if f.name.startswith("per_") else -6))
         return out
 
 
@@ -127,7 +133,7 @@ def _count(usage: Mapping[str, Any], name: str) -> int:
 
 
 def _part(count: int, price: int | None) -> int | None:
-    """count * price in micro-USD * 1e-6 units; None when tokens exist that nothing prices."""
+    """count * price, in micro-USD * 1e-6; None when there are units that nothing prices."""
     if count == 0:
         return 0
     if price is None:
@@ -158,13 +164,14 @@ def cost_micro_usd(price: Price | None, usage: Mapping[str, Any]) -> int | None:
         _part(cache_write, write_price),
         _part(plain_out, price.output),
         _part(reasoning, reasoning_price),
-        _part(_count(usage, "images"), None if price.per_image is None else price.per_image * MICRO),
-        _audio_part(usage.get("audio_seconds"), price.per_audio_second),
+        _part(_count(usage, "images"), price.per_image),
     )
-    if any(p is None for p in parts):
+    audio = _audio_part(usage.get("audio_seconds"), price.per_audio_second)
+    if audio is None or any(p is None for p in parts):
         return None
-    total = sum(parts)  # type: ignore[arg-type]
-    return (total + _HALF) // MICRO
+    # Audio is counted in milliseconds, hence the common factor of 1000.
+    total = sum(parts) * 1000 + audio  # type: ignore[arg-type]
+    return (total + _HALF * 1000) // (MICRO * 1000)
 
 
 def _audio_part(seconds: Any, price: int | None) -> int | None:
@@ -178,7 +185,7 @@ def _audio_part(seconds: Any, price: int | None) -> int | None:
     ms = round(s * 1000)
     if price is None:
         return None
-    return ms * price * (MICRO // 1000)
+    return ms * price
 
 
 def worst_case_micro_usd(price: Price | None, input_tokens: int, max_output_tokens: int) -> int | None:

@@ -8,8 +8,8 @@ from engine.pricing import Price, cost_micro_usd, worst_case_micro_usd
 PRICE_FIELD = st.one_of(st.none(), st.integers(0, 200_000_000))  # up to $200 per million tokens
 prices = st.builds(Price, input=PRICE_FIELD, output=PRICE_FIELD, cached_input=PRICE_FIELD,
                    cache_write=PRICE_FIELD, reasoning=PRICE_FIELD,
-                   per_image=st.one_of(st.none(), st.integers(0, 1_000_000)),
-                   per_audio_second=st.one_of(st.none(), st.integers(0, 10_000)))
+                   per_image=st.one_of(st.none(), st.integers(0, 10**12)),  # up to $1 an image
+                   per_audio_second=st.one_of(st.none(), st.integers(0, 10**10)))  # up to $0.01 a second
 COUNT = st.integers(0, 5_000_000)
 # Disjoint parts of a request's usage; OpenAI-style totals are built from them.
 PARTS = ("uncached", "cached", "cache_write", "plain_output", "reasoning", "images")

@@ -38,6 +38,7 @@ def test_from_spec_override_keeps_base_fields():
         ({"input": float("nan")}, "finite number"),
         ({"inptu": 1}, "unknown price field"),
         ({"input": 0.0000001}, "more than 6 decimal places"),
+        ({"per_audio_second": 1e-13}, "more than 12 decimal places"),
     ],
 )
 def test_from_spec_rejects_bad_values_with_a_message(spec, message):
@@ -86,6 +87,13 @@ def test_images_and_audio():
     audio = Price.from_spec({"per_audio_second": 0.0001})
     assert cost_micro_usd(audio, {"audio_seconds": 61.5}) == 6150
     assert cost_micro_usd(audio, {"audio_seconds": float("inf")}) == 0
+    # Groq's Whisper prices, finer than a micro-dollar per second
+    whisper = Price.from_spec({"per_audio_second": 0.00003083})
+    assert whisper == Price(per_audio_second=30_830_000)
+    assert cost_micro_usd(whisper, {"audio_seconds": 3600}) == 110_988  # $0.110988 an hour
+    turbo = Price.from_spec({"per_audio_second": 0.00001111})
+    assert cost_micro_usd(turbo, {"audio_seconds": 10.5}) == 117  # 116.655 µ$ rounds up
+    assert cost_micro_usd(turbo, {"audio_seconds": 10.5, "input_tokens": 1}) is None  # tokens nothing prices
 
 
 def test_no_price_is_null_cost_never_a_guess():
@@ -122,3 +130,5 @@ def test_usd_conversions_and_to_dict():
     assert micro_to_usd(None) is None
     assert micro_to_usd(1_234_567) == Decimal("1.234567")
     assert ANTHROPIC.to_dict() == {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75}
+    assert Price.from_spec({"per_image": 0.04, "per_audio_second": 0.00003083}).to_dict() == {
+        "per_image": 0.04, "per_audio_second": 0.00003083}
