@@ -44,6 +44,8 @@ import orjson
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .jmes import compile_jmespath
+
 Ctx = dict[str, Any]
 Node = Callable[[Ctx], Any]
 
@@ -223,13 +225,13 @@ def compile_expr(text: str) -> Node:
 
         return getn
     try:
-        parsed = jmespath.compile(text)
+        compiled = compile_jmespath(text, _OPTIONS.custom_functions, _OPTIONS)
     except jmespath.exceptions.JMESPathError as e:
         raise ExprError(f"invalid JMESPath expression '{text}': {e}") from None
 
     def jmes(ctx: Ctx) -> Any:
         try:
-            return parsed.search(ctx, _OPTIONS)
+            return compiled(ctx)
         except jmespath.exceptions.JMESPathError as e:
             raise ExprError(f"expression '{text}' failed: {e}") from None
         except ExprError:

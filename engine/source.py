@@ -19,6 +19,8 @@ from typing import Any
 
 import jsonschema
 import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from .errors import Problem
 
@@ -148,12 +150,23 @@ def load_file(path: Path, *, env: Mapping[str, str] | None = None, expand: bool 
 
 
 @cache
+def _registry() -> Registry:
+    """Every schema file, so one can `$ref` another by file name (config -> policy.schema.json)."""
+    resources_ = []
+    for entry in resources.files("engine").joinpath("schemas").iterdir():
+        if entry.name.endswith(".schema.json"):
+            raw = json.loads(entry.read_text())
+            resources_.append((entry.name, Resource.from_contents(raw, default_specification=DRAFT202012)))
+    return Registry().with_resources(resources_)
+
+
+@cache
 def schema(name: str) -> jsonschema.protocols.Validator:
-    text = resources.files("engine").joinpath("schemas", f"{name}.schema.json").read_text()
-    raw = json.loads(text)
+    registry = _registry()
+    raw = registry.contents(f"{name}.schema.json")
     cls = jsonschema.validators.validator_for(raw)
     cls.check_schema(raw)
-    return cls(raw)
+    return cls(raw, registry=registry)
 
 
 def validate(doc: Doc, schema_name: str) -> list[Problem]:

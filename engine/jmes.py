@@ -1,0 +1,195 @@
+"""JMESPath compiled to Python closures.
+
+jmespath.py interprets its AST with a visitor (a method lookup and several calls per node), which
+costs more than the whole rest of a translation. Format specs evaluate a few hundred expressions
+per request, so we compile each parsed AST once into nested closures. Semantics follow the
+JMESPath spec; anything unusual (expression references for `sort_by`/`map`, ...) falls back to
+the reference interpreter, and a differential test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jmespath
+from jmespath import functions as jfunctions
+
+Fn = Callable[[Any], Any]
+
+
+class Unsupported(Exception):
+    pass
+
+
+def truthy(v: Any) -> bool:
+    return not (v is None or v is False or v == "" or v == [] or v == {})
+
+
+def _eq(a: Any, b: Any) -> bool:
+    # JMESPath equality is JSON equality: true is not 1.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+_ORDER = {
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+}
+
+
+def compile_jmespath(text: str, functions: jfunctions.Functions, options: jmespath.Options) -> Fn:
+    parsed = jmespath.compile(text)
+    try:
+        return _compile(parsed.parsed, functions)
+    except Unsupported:
+        return lambda data: parsed.search(data, options)
+
+
+def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
+    t = node["type"]
+    ch = node.get("children", [])
+    if t == "field":
+        key = node["value"]
+        return lambda d: d.get(key) if isinstance(d, dict) else None
+    if t in ("current", "identity"):
+        return lambda d: d
+    if t == "literal":
+        value = node["value"]
+        return lambda d: value
+    if t == "subexpression" or t == "index_expression" or t == "pipe":
+        steps = [_compile(c, fns) for c in ch]  # the parser makes subexpressions n-ary
+        if len(steps) == 2:
+            left, right = steps
+            return lambda d: right(left(d))
+
+        def chain(d: Any) -> Any:
+            for step in steps:
+                d = step(d)
+            return d
+
+        return chain
+    if t == "index":
+        i = node["value"]
+
+        def index(d: Any) -> Any:
+            if not isinstance(d, list):
+                return None
+            try:
+                return d[i]
+            except IndexError:
+                return None
+
+        return index
+    if t == "slice":
+        start, stop, step = ch
+        if step == 0:
+            raise Unsupported
+        s = slice(start, stop, step)
+        return lambda d: d[s] if isinstance(d, list) else None
+    if t == "flatten":
+        inner = _compile(ch[0], fns)
+
+        def flatten(d: Any) -> Any:
+            v = inner(d)
+            if not isinstance(v, list):
+                return None
+            out: list[Any] = []
+            for x in v:
+                if isinstance(x, list):
+                    out.extend(x)
+                else:
+                    out.append(x)
+            return out
+
+        return flatten
+    if t == "projection" or t == "value_projection":
+        left, right = _compile(ch[0], fns), _compile(ch[1], fns)
+        values = t == "value_projection"
+
+        def project(d: Any) -> Any:
+            base = left(d)
+            if values:
+                if not isinstance(base, dict):
+                    return None
+                base = list(base.values())
+            elif not isinstance(base, list):
+                return None
+            out = []
+            for x in base:
+                v = right(x)
+                if v is not None:
+                    out.append(v)
+            return out
+
+        return project
+    if t == "filter_projection":
+        left, right, cond = _compile(ch[0], fns), _compile(ch[1], fns), _compile(ch[2], fns)
+
+        def filt(d: Any) -> Any:
+            base = left(d)
+            if not isinstance(base, list):
+                return None
+            out = []
+            for x in base:
+                if truthy(cond(x)):
+                    v = right(x)
+                    if v is not None:
+                        out.append(v)
+            return out
+
+        return filt
+    if t == "comparator":
+        name = node["value"]
+        a, b = _compile(ch[0], fns), _compile(ch[1], fns)
+        if name == "eq":
+            return lambda d: _eq(a(d), b(d))
+        if name == "ne":
+            return lambda d: not _eq(a(d), b(d))
+        op = _ORDER[name]
+
+        def order(d: Any) -> Any:
+            x, y = a(d), b(d)
+            return op(x, y) if _num(x) and _num(y) else None
+
+        return order
+    if t == "and_expression":
+        a, b = _compile(ch[0], fns), _compile(ch[1], fns)
+
+        def and_(d: Any) -> Any:
+            x = a(d)
+            return b(d) if truthy(x) else x
+
+        return and_
+    if t == "or_expression":
+        a, b = _compile(ch[0], fns), _compile(ch[1], fns)
+
+        def or_(d: Any) -> Any:
+            x = a(d)
+            return x if truthy(x) else b(d)
+
+        return or_
+    if t == "not_expression":
+        a = _compile(ch[0], fns)
+        return lambda d: not truthy(a(d))
+    if t == "multi_select_list":
+        items = [_compile(c, fns) for c in ch]
+        return lambda d: None if d is None else [f(d) for f in items]
+    if t == "multi_select_hash":
+        pairs = [(c["value"], _compile(c["children"][0], fns)) for c in ch]
+        return lambda d: None if d is None else {k: f(d) for k, f in pairs}
+    if t == "function_expression":
+        if any(c["type"] == "expref" for c in ch):
+            raise Unsupported
+        name = node["value"]
+        args = [_compile(c, fns) for c in ch]
+        call = fns.call_function
+        return lambda d: call(name, [f(d) for f in args])
+    raise Unsupported

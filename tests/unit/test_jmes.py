@@ -1,0 +1,40 @@
+"""The compiled JMESPath agrees with the reference interpreter (differential test)."""
+
+from __future__ import annotations
+
+import jmespath
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.expr import _OPTIONS
+from engine.jmes import compile_jmespath
+
+EXPRESSIONS = [
+    "a", "a.b", "a.b.c", "a[0]", "a[-1].b", "a[*].b", "a[].b", "a[?b == `1`].c", "a[?b > `1`]", "a[?b != 'x'].b",
+    "a[?b && c]", "a || b", "a && b", "!a", "!(a.b)", "a.*", "a[1:3]", "a[::-1]", "[a, b]", "{x: a, y: b}",
+    "length(a)", "join('-', a[*].b)", "type(a)", "to_string(a)", "a | [0]", "a[*].b | [0]", "missing.to_string(@)",
+    "`1`", "'s'", "@", "a[?type == 'text'].text", "sum([a, b])", "a[0].b[0]", "map(&b, a)", "max_by(a, &b)",
+    "a[?b == `true`]", "a[?b == `1`]", "contains(a, 'x')", "a[*][0]", "a[][]", "a.b[0].c", "a[0].b.c[0]",
+    "length(a[?type=='x']) == `0`",
+]
+leaves = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["x", "text", "", "1"]))
+data = st.recursive(
+    leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c", "type", "text"]), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@pytest.mark.parametrize("expr", EXPRESSIONS)
+@settings(max_examples=40, deadline=None)
+@given(doc=data)
+def test_same_answer_as_reference(expr: str, doc: object) -> None:
+    compiled = compile_jmespath(expr, _OPTIONS.custom_functions, _OPTIONS)
+    try:
+        want = jmespath.search(expr, doc, _OPTIONS)
+    except jmespath.exceptions.JMESPathError:
+        with pytest.raises(jmespath.exceptions.JMESPathError):
+            compiled(doc)
+        return
+    assert compiled(doc) == want
