@@ -55,6 +55,7 @@ _SECRET_IN_TEXT = re.compile(
     r"(Bearer\s+)[A-Za-z0-9._~+/=-]{12,}|\b()(?:sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,})"
     r"|([?&](?:key|api_key|apikey|token|access_token)=)[^&#\s\"']+"
 )
+_CHUNK = 200  # records serialised between two GIL yields
 _MAX_PAYLOAD = 1 << 20  # a payload larger than this is replaced by a marker: records stay small
 _FLOCKS: dict[str, threading.Lock] = {}
 _FLOCKS_GUARD = threading.Lock()
@@ -333,8 +334,17 @@ class UsageStore:
         seq = self._last_seq = max(time.time_ns(), self._last_seq + 1)
         final = self.pending_dir / f"{self.slot}-{seq:020d}.{kind}.ndjson"
         tmp = final.with_suffix(".tmp")
-        tmp.write_bytes(b"\n".join(map(_dumps, batch)) + b"\n")
-        os.rename(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                for i in range(0, len(batch), _CHUNK):
+                    f.write(b"\n".join(map(_dumps, batch[i : i + _CHUNK])) + b"\n")
+                    # Serialising holds the GIL; yielding it between chunks keeps the event loop's
+                    # waits under a millisecond instead of a whole 5 ms switch interval.
+                    time.sleep(0)
+            os.rename(tmp, final)
+        except OSError:  # disk full or gone: keep the records for the next tick
+            buf.extendleft(reversed(batch))
+            raise
         self._mine.add(final.name)
 
     def _pending(self, slot: str) -> list[Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pytest
 
 from engine.sqlcli import open_reader, run_query
 from engine.usage import AUDIT_COLUMNS, USAGE_COLUMNS, UsageStore, redact
@@ -352,3 +353,21 @@ def test_every_column_is_documented():
     doc = (ROOT / "docs" / "analytics.md").read_text()
     for column in [*USAGE_COLUMNS, *AUDIT_COLUMNS, "worker"]:
         assert f"`{column}`" in doc, f"docs/analytics.md does not describe column {column}"
+
+
+def test_a_failed_batch_write_keeps_the_records(tmp_path, monkeypatch):
+    store = UsageStore(tmp_path)
+    store.record(base(request_id="kept"))
+    pending = tmp_path / "usage" / "pending"
+    pending.chmod(0o500)  # no new files: as good as a full disk
+    try:
+        if os.geteuid() == 0:  # root ignores permissions; fail the rename instead
+            monkeypatch.setattr(os, "rename", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        with pytest.raises(OSError):
+            store.flush()
+    finally:
+        pending.chmod(0o700)
+        monkeypatch.undo()
+    assert store.stats()["buffered"] == 1
+    store.close()
+    assert rows(tmp_path, "SELECT request_id FROM usage") == [("kept",)]
