@@ -15,37 +15,12 @@ import orjson
 
 from . import behaviour as bh
 from .behaviour import Plan, Turn
-from .gemini_schema import ProtoError, check, snake
-from .wire import CT_SSE, Frame, Headers, Reply, Request, drive, json_reply, rand_id, stream_reply
+from .gemini_checks import body_of, error, get_field, invalid, validate, validate_contents
+from .wire import CT_SSE, Frame, Reply, Request, drive, json_reply, rand_id, stream_reply
 
 PREFIX = "/gemini/v1beta"
 MODELS_PATH = PREFIX + "/models"
 
-STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "INTERNAL",
-    501: "NOT_IMPLEMENTED",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-MESSAGES = {
-    400: "Request contains an invalid argument.",
-    401: "Request had invalid authentication credentials.",
-    403: "The caller does not have permission",
-    404: "Requested entity was not found.",
-    429: "Resource has been exhausted (e.g. check quota).",
-    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
-    503: "The model is overloaded. Please try again later.",
-    504: "The request timed out. Please try again.",
-}
-MIME_TYPES = ("text/plain", "application/json", "application/xml", "application/yaml", "text/x.enum")
 MODEL_LIST = (
     ("gemini-2.5-pro", "Gemini 2.5 Pro", 65536),
     ("gemini-2.5-flash", "Gemini 2.5 Flash", 65536),
@@ -54,29 +29,6 @@ MODEL_LIST = (
 )
 CT_JSON_STREAM = (b"content-type", b"application/json; charset=UTF-8")
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-
-
-def error(
-    status: int, message: str | None = None, headers: Headers | None = None, details: list[Any] | None = None
-) -> Reply:
-    err: dict[str, Any] = {
-        "code": status,
-        "message": message or MESSAGES.get(status, "Error."),
-        "status": STATUS.get(status, "UNKNOWN"),
-    }
-    extra: Headers = []
-    if status == 429:
-        extra.append((b"retry-after", b"1"))
-        details = details or [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
-    if details:
-        err["details"] = details
-    if headers:
-        extra.extend(headers)
-    return json_reply(status, {"error": err}, extra)
-
-
-def invalid(message: str) -> Reply:
-    return error(400, message)
 
 
 def auth(req: Request) -> Reply | None:
@@ -105,110 +57,6 @@ def auth(req: Request) -> Reply | None:
     return None
 
 
-def _get(obj: dict[str, Any], name: str) -> Any:
-    """A field by its camelCase name, or by the snake_case name the parser also accepts."""
-    value = obj.get(name)
-    return obj.get(snake(name)) if value is None else value
-
-
-def _body(req: Request, message: str) -> dict[str, Any] | Reply:
-    if req.json_error:
-        return invalid("Invalid JSON payload received. Unexpected token.")
-    if not isinstance(req.json, dict):
-        return invalid("Invalid JSON payload received. Expected an object.")
-    try:
-        check(req.json, message)
-    except ProtoError as exc:
-        return invalid(str(exc))
-    return req.json
-
-
-_DATA_FIELDS = (
-    "text",
-    "inlineData",
-    "fileData",
-    "functionCall",
-    "functionResponse",
-    "executableCode",
-    "codeExecutionResult",
-)
-
-
-def validate_contents(contents: Any, owner: str = "GenerateContentRequest") -> Reply | None:
-    if not contents:
-        return invalid(f"* {owner}.contents: contents is not specified\n")
-    if isinstance(contents, dict):
-        contents = [contents]
-    previous_calls = -1  # function calls in the previous turn; -1 when it was not a model turn
-    previous_role = ""
-    for i, content in enumerate(contents):
-        role = content.get("role") or "user"
-        if role not in ("user", "model"):
-            return invalid("Please use a valid role: user, model.")
-        parts = content.get("parts")
-        if isinstance(parts, dict):
-            parts = [parts]
-        if not parts:
-            return invalid(f"* {owner}.contents[{i}].parts: contents.parts must not be empty.\n")
-        calls = responses = 0
-        for j, part in enumerate(parts):
-            present = [f for f in _DATA_FIELDS if _get(part, f) is not None]
-            if not present:
-                return invalid(
-                    f"* {owner}.contents[{i}].parts[{j}].data: required oneof field 'data' must have one initialized field\n"
-                )
-            text = part.get("text")
-            if text is not None and not isinstance(text, str):
-                return invalid(f"Invalid value at 'contents[{i}].parts[{j}].text' (TYPE_STRING), {text}")
-            for field, label in (
-                ("functionCall", "function_call"),
-                ("functionResponse", "function_response"),
-            ):
-                value = _get(part, field)
-                if value is not None and not value.get("name"):
-                    return invalid(
-                        f"* {owner}.contents[{i}].parts[{j}].{label}.name: Name cannot be empty.\n"
-                    )
-            calls += _get(part, "functionCall") is not None
-            responses += _get(part, "functionResponse") is not None
-        if calls and previous_role != "user":
-            return invalid(
-                "Please ensure that function call turn comes immediately after a user turn or after a function response turn."
-            )
-        if responses:
-            if previous_calls <= 0:
-                return invalid(
-                    "Please ensure that function response turn comes immediately after a function call turn."
-                )
-            if responses != previous_calls:
-                return invalid(
-                    "Please ensure that the number of function response parts is equal to the number of function call "
-                    "parts of the function call turn."
-                )
-        previous_calls = calls if role == "model" else -1
-        previous_role = role
-    return None
-
-
-def validate(body: dict[str, Any]) -> Reply | None:
-    problem = validate_contents(body.get("contents"))
-    if problem:
-        return problem
-    config = _get(body, "generationConfig") or {}
-    mime = _get(config, "responseMimeType")
-    if mime is not None and mime not in MIME_TYPES:
-        return invalid(
-            "* GenerateContentRequest.generation_config.response_mime_type: allowed mimetypes are `text/plain`, "
-            "`application/json`, `application/xml`, `application/yaml` and `text/x.enum`.\n"
-        )
-    count = _get(config, "candidateCount")
-    if isinstance(count, int) and count > 8:
-        return invalid(
-            "* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n"
-        )
-    return None
-
-
 def _response_text(response: Any) -> str:
     # A lone string field ({"result": "..."}) is how most callers wrap a plain tool output.
     if isinstance(response, dict) and len(response) == 1:
@@ -230,7 +78,7 @@ def _contents_chars(contents: Any) -> int:
             text = part.get("text")
             if isinstance(text, str):
                 chars += len(text)
-            fr = _get(part, "functionResponse")
+            fr = get_field(part, "functionResponse")
             if fr is not None:
                 chars += len(_response_text(fr.get("response")))
     return chars
@@ -241,7 +89,7 @@ def to_turn(body: dict[str, Any]) -> Turn:
     contents = body["contents"]
     if isinstance(contents, dict):
         contents = [contents]
-    system = _get(body, "systemInstruction")
+    system = get_field(body, "systemInstruction")
     turn.prompt_chars = _contents_chars(contents) + (_contents_chars(system) if system else 0)
     for content in contents:
         if (content.get("role") or "user") != "user":
@@ -255,27 +103,27 @@ def to_turn(body: dict[str, Any]) -> Turn:
     results = [
         _response_text(fr.get("response"))
         for p in last_parts
-        if (fr := _get(p, "functionResponse")) is not None
+        if (fr := get_field(p, "functionResponse")) is not None
     ]
     if results:
         turn.tool_results = results
     tools = body.get("tools") or []
     for tool in tools if isinstance(tools, list) else [tools]:
-        decls = _get(tool, "functionDeclarations") or []
+        decls = get_field(tool, "functionDeclarations") or []
         for decl in decls if isinstance(decls, list) else [decls]:
-            schema = decl.get("parameters") or _get(decl, "parametersJsonSchema") or {}
+            schema = decl.get("parameters") or get_field(decl, "parametersJsonSchema") or {}
             turn.tools.append((decl["name"], schema))
-    calling = _get(_get(body, "toolConfig") or {}, "functionCallingConfig") or {}
+    calling = get_field(get_field(body, "toolConfig") or {}, "functionCallingConfig") or {}
     mode = str(calling.get("mode") or "").upper()
     if mode == "NONE":
         turn.tool_choice = "none"
     elif mode == "ANY":
-        allowed = _get(calling, "allowedFunctionNames") or []
+        allowed = get_field(calling, "allowedFunctionNames") or []
         turn.tool_choice = allowed[0] if isinstance(allowed, list) and len(allowed) == 1 else "required"
-    config = _get(body, "generationConfig") or {}
-    limit = _get(config, "maxOutputTokens")
+    config = get_field(body, "generationConfig") or {}
+    limit = get_field(config, "maxOutputTokens")
     turn.max_tokens = limit if isinstance(limit, int) else None
-    turn.stop = [s for s in _get(config, "stopSequences") or () if isinstance(s, str)]
+    turn.stop = [s for s in get_field(config, "stopSequences") or () if isinstance(s, str)]
     return turn
 
 
@@ -376,7 +224,7 @@ def array_frames(chunks: list[tuple[dict[str, Any], bool]]) -> list[Frame]:
 
 
 async def generate(req: Request) -> Reply:
-    body = _body(req, "GenerateContentRequest")
+    body = body_of(req, "GenerateContentRequest")
     if isinstance(body, Reply):
         return body
     problem = validate(body)
@@ -397,17 +245,17 @@ async def generate(req: Request) -> Reply:
 
 
 async def count_tokens(req: Request) -> Reply:
-    body = _body(req, "CountTokensRequest")
+    body = body_of(req, "CountTokensRequest")
     if isinstance(body, Reply):
         return body
-    inner = _get(body, "generateContentRequest")
+    inner = get_field(body, "generateContentRequest")
     contents = inner.get("contents") if isinstance(inner, dict) else body.get("contents")
     problem = validate_contents(contents, "CountTokensRequest")
     if problem:
         return problem
     chars = _contents_chars(contents)
-    if isinstance(inner, dict) and _get(inner, "systemInstruction"):
-        chars += _contents_chars(_get(inner, "systemInstruction"))
+    if isinstance(inner, dict) and get_field(inner, "systemInstruction"):
+        chars += _contents_chars(get_field(inner, "systemInstruction"))
     tokens = bh.tokens_for_chars(chars)
     return json_reply(
         200, {"totalTokens": tokens, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}]}
@@ -420,12 +268,12 @@ def _embed_one(request: dict[str, Any], model: str, where: str) -> dict[str, Any
         return invalid(f"* {where}.content: content is not specified\n")
     parts = content.get("parts") or []
     text = " ".join(p.get("text", "") for p in (parts if isinstance(parts, list) else [parts]))
-    dims = _get(request, "outputDimensionality") or (3072 if "gemini-embedding" in model else 768)
+    dims = get_field(request, "outputDimensionality") or (3072 if "gemini-embedding" in model else 768)
     return {"values": bh.embedding(text, dims)}
 
 
 async def embed(req: Request) -> Reply:
-    body = _body(req, "EmbedContentRequest")
+    body = body_of(req, "EmbedContentRequest")
     if isinstance(body, Reply):
         return body
     result = _embed_one(body, req.params["model"], "EmbedContentRequest")
@@ -435,7 +283,7 @@ async def embed(req: Request) -> Reply:
 
 
 async def batch_embed(req: Request) -> Reply:
-    body = _body(req, "BatchEmbedContentsRequest")
+    body = body_of(req, "BatchEmbedContentsRequest")
     if isinstance(body, Reply):
         return body
     requests = body.get("requests")

@@ -1,8 +1,11 @@
-"""The proto-JSON field tables of Gemini's GenerateContentRequest, and a checker that rejects
-what Google's parser rejects: unknown field names (camelCase or snake_case both accepted), a
-list where the proto field is not repeated, and a non-object where a Struct is expected.
+"""Gemini's request checks and error shape: what generativelanguage.googleapis.com refuses.
 
-Messages are dicts of camelCase field -> kind. A kind is the name of another message, one of
+Errors are `{"error": {"code", "message", "status"}}` with google.rpc status names. Two layers
+of checks: the proto-JSON parser (unknown field names, camelCase or snake_case both accepted; a
+list where the proto field is not repeated; a non-object where a Struct is expected), then the
+API's own rules on contents, roles and function-call turns.
+
+The proto tables (MESSAGES) map each message's camelCase fields to a kind. A kind is the name of another message, one of
 the leaf markers below, or a tuple `("repeated", kind)` / `("map", kind)`.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+from .wire import Headers, Reply, Request, json_reply
 
 SCALAR = "scalar"  # string, number, bool or enum: not descended into
 STRUCT = "struct"  # google.protobuf.Struct: any JSON object
@@ -241,3 +246,159 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# --- error shape and the API's own rules ---------------------------------------------------
+
+STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+ERROR_MESSAGES = {
+    400: "Request contains an invalid argument.",
+    401: "Request had invalid authentication credentials.",
+    403: "The caller does not have permission",
+    404: "Requested entity was not found.",
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+    504: "The request timed out. Please try again.",
+}
+MIME_TYPES = ("text/plain", "application/json", "application/xml", "application/yaml", "text/x.enum")
+
+
+def error(
+    status: int, message: str | None = None, headers: Headers | None = None, details: list[Any] | None = None
+) -> Reply:
+    err: dict[str, Any] = {
+        "code": status,
+        "message": message or ERROR_MESSAGES.get(status, "Error."),
+        "status": STATUS.get(status, "UNKNOWN"),
+    }
+    extra: Headers = []
+    if status == 429:
+        extra.append((b"retry-after", b"1"))
+        details = details or [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
+    if details:
+        err["details"] = details
+    if headers:
+        extra.extend(headers)
+    return json_reply(status, {"error": err}, extra)
+
+
+def invalid(message: str) -> Reply:
+    return error(400, message)
+
+
+def get_field(obj: dict[str, Any], name: str) -> Any:
+    """A field by its camelCase name, or by the snake_case name the parser also accepts."""
+    value = obj.get(name)
+    return obj.get(snake(name)) if value is None else value
+
+
+def body_of(req: Request, message: str) -> dict[str, Any] | Reply:
+    if req.json_error:
+        return invalid("Invalid JSON payload received. Unexpected token.")
+    if not isinstance(req.json, dict):
+        return invalid("Invalid JSON payload received. Expected an object.")
+    try:
+        check(req.json, message)
+    except ProtoError as exc:
+        return invalid(str(exc))
+    return req.json
+
+
+_DATA_FIELDS = (
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+)
+
+
+def validate_contents(contents: Any, owner: str = "GenerateContentRequest") -> Reply | None:
+    if not contents:
+        return invalid(f"* {owner}.contents: contents is not specified\n")
+    if isinstance(contents, dict):
+        contents = [contents]
+    previous_calls = -1  # function calls in the previous turn; -1 when it was not a model turn
+    previous_role = ""
+    for i, content in enumerate(contents):
+        role = content.get("role") or "user"
+        if role not in ("user", "model"):
+            return invalid("Please use a valid role: user, model.")
+        parts = content.get("parts")
+        if isinstance(parts, dict):
+            parts = [parts]
+        if not parts:
+            return invalid(f"* {owner}.contents[{i}].parts: contents.parts must not be empty.\n")
+        calls = responses = 0
+        for j, part in enumerate(parts):
+            present = [f for f in _DATA_FIELDS if get_field(part, f) is not None]
+            if not present:
+                return invalid(
+                    f"* {owner}.contents[{i}].parts[{j}].data: required oneof field 'data' must have one initialized field\n"
+                )
+            text = part.get("text")
+            if text is not None and not isinstance(text, str):
+                return invalid(f"Invalid value at 'contents[{i}].parts[{j}].text' (TYPE_STRING), {text}")
+            for field, label in (
+                ("functionCall", "function_call"),
+                ("functionResponse", "function_response"),
+            ):
+                value = get_field(part, field)
+                if value is not None and not value.get("name"):
+                    return invalid(
+                        f"* {owner}.contents[{i}].parts[{j}].{label}.name: Name cannot be empty.\n"
+                    )
+            calls += get_field(part, "functionCall") is not None
+            responses += get_field(part, "functionResponse") is not None
+        if calls and previous_role != "user":
+            return invalid(
+                "Please ensure that function call turn comes immediately after a user turn or after a function response turn."
+            )
+        if responses:
+            if previous_calls <= 0:
+                return invalid(
+                    "Please ensure that function response turn comes immediately after a function call turn."
+                )
+            if responses != previous_calls:
+                return invalid(
+                    "Please ensure that the number of function response parts is equal to the number of function call "
+                    "parts of the function call turn."
+                )
+        previous_calls = calls if role == "model" else -1
+        previous_role = role
+    return None
+
+
+def validate(body: dict[str, Any]) -> Reply | None:
+    problem = validate_contents(body.get("contents"))
+    if problem:
+        return problem
+    config = get_field(body, "generationConfig") or {}
+    mime = get_field(config, "responseMimeType")
+    if mime is not None and mime not in MIME_TYPES:
+        return invalid(
+            "* GenerateContentRequest.generation_config.response_mime_type: allowed mimetypes are `text/plain`, "
+            "`application/json`, `application/xml`, `application/yaml` and `text/x.enum`.\n"
+        )
+    count = get_field(config, "candidateCount")
+    if isinstance(count, int) and count > 8:
+        return invalid(
+            "* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n"
+        )
+    return None
