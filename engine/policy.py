@@ -271,12 +271,15 @@ def compile_policies(
     *,
     api_rules: Sequence[Mapping[str, Any]] = (),
     settings_rules: Sequence[Mapping[str, Any]] = (),
+    config_validated: bool = False,
 ) -> PolicySet:
     """Compile key shortcuts, settings rules, config rules and API rules, in that order.
 
     Problems are reported with paths in the config document: ("policies", i, ...) and
     ("keys", i, ...); API rules as ("api_policies", i, ...), settings as ("settings", i, ...).
     A rule with a problem is left out, so the caller may choose to serve the rest.
+    Every group is checked against policy.schema.json first (a compiler must not trust its
+    input); `config_validated=True` skips that for `rules` when the whole config already passed.
     """
     out: list[Rule] = []
     names: dict[str, Path] = {}
@@ -286,9 +289,11 @@ def compile_policies(
             _add(out, names, _compile_rule(raw, ("keys", i), "key", problem), ("keys", i), problem)
     for source, prefix, group in (("settings", ("settings",), settings_rules), ("config", ("policies",), rules or []),
                                   ("api", ("api_policies",), api_rules)):
-        if not isinstance(group, list):
-            group = list(group) if isinstance(group, tuple) else group
-        bad = validate_rules(group, prefix, problem)
+        if isinstance(group, tuple):
+            group = list(group)
+        if isinstance(group, list) and not group:
+            continue
+        bad = set() if source == "config" and config_validated else validate_rules(group, prefix, problem)
         if not isinstance(group, list):
             continue
         for i, raw in enumerate(group):

@@ -183,6 +183,7 @@ class PolicyState:
                 else:
                     self._inflight.pop(slot, None)
             for w, idx, is_tokens in admission.charges:
+                w.expire(t)  # so a charge whose bucket has left the window is settled in the current one
                 if refund:
                     w.adjust(idx, -(admission.tokens if is_tokens else 1), t)
                 elif is_tokens and actual_tokens is not None:
