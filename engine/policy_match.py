@@ -12,27 +12,25 @@ Problems are reported through `problem(path, message)` with paths relative to wh
 condition sits; the JSON Schema catches shapes, this module what a schema cannot (one operator
 per leaf, operator versus field type, bad regex, unknown time zone, bad CIDR).
 
-Public surface: Facts, Test, FIELDS, OPERATORS, RESOLUTION_FIELDS, compile_condition,
-parse_network, parse_ip, IPFilter.
+Public surface: Facts, facts_from_mapping, Test, FIELDS, OPERATORS, RESOLUTION_FIELDS,
+compile_condition, compile_schedule.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fnmatch import translate
-from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .ip_filter import ip_in, parse_ip, parse_network
+
 Path = tuple[str | int, ...]
 Problem = Callable[[Path, str], None]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +58,35 @@ class Facts:
 
 
 Test = Callable[[Facts, datetime], bool]
+
+
+def facts_from_mapping(d: Mapping[str, Any]) -> Facts:
+    """Facts from loose input (explain's query string or JSON): strings for text fields, numbers
+    or digit strings, booleans or true/false/1/0. Raises ValueError naming the field to fix."""
+    kw: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    for name, value in d.items():
+        if name.startswith("header."):
+            headers[name[7:].lower()] = str(value)
+            continue
+        kind = FIELDS.get(name)
+        if kind is None:
+            raise ValueError(f"unknown fact {name!r} (valid: {', '.join(FIELDS)}, header.NAME)")
+        if kind == "bool":
+            if isinstance(value, bool) or str(value).lower() in ("true", "false", "1", "0"):
+                kw[name] = value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+            else:
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        elif kind == "number":
+            try:
+                kw[name] = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        else:
+            kw[name] = str(value)
+    if any(k in kw for k in RESOLUTION_FIELDS):
+        kw["resolved"] = True
+    return Facts(**kw, headers=headers)
 
 # field -> kind; the kind decides which operators and values are valid
 FIELDS: dict[str, str] = {
@@ -221,7 +248,7 @@ def _operator(op: str, kind: str, v: Any, get: Callable[[Facts], Any], path: Pat
                 except ValueError as e:
                     problem((*path, i), str(e))
                     return None
-            return lambda f, now: _ip_in(get(f), nets)
+            return lambda f, now: ip_in(get(f), nets)
         for i, item in enumerate(v):
             if not _is_value(item, kind):
                 problem((*path, i), f"expected {_WANT[kind]}, got {item!r}")
@@ -338,70 +365,3 @@ def _clock(tz: ZoneInfo) -> Callable[[datetime], tuple[int, int]]:
 
 
 _CLOCKS: dict[ZoneInfo, Callable[[datetime], tuple[int, int]]] = {}
-
-
-# -- addresses -------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=4096)
-def parse_ip(text: str | None) -> Address | None:
-    """An address, IPv4-mapped IPv6 folded to IPv4 (so ::ffff:10.0.0.1 matches 10.0.0.0/8); None
-    when `text` is not an address (a unix socket peer, an empty client)."""
-    if not text:
-        return None
-    try:
-        addr = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def parse_network(text: Any) -> Network:
-    """A CIDR (a bare address is a /32 or /128). Raises ValueError with a message naming the fix."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"expected an IPv4 or IPv6 network such as 10.0.0.0/8 or 2001:db8::/32, got {text!r}")
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 network (write 10.0.0.0/8, 192.168.1.7 or 2001:db8::/32)")
-    raise ValueError(f"{text!r} has host bits set (did you mean {loose}?)")
-
-
-def _ip_in(x: str | None, nets: list[Network]) -> bool:
-    addr = parse_ip(x)
-    return addr is not None and any(addr.version == n.version and addr in n for n in nets)
-
-
-class IPFilter:
-    """Who may connect. A blocked address is refused; with an allow list, only listed addresses
-    pass. Loopback passes regardless only when `exempt_loopback` is set (an operator who lists
-    networks usually means every client, the local one included). Addresses that cannot be
-    parsed pass only when there is no allow list."""
-
-    __slots__ = ("allow", "allows", "block", "exempt_loopback")
-
-    def __init__(self, allow: Sequence[str] = (), block: Sequence[str] = (), exempt_loopback: bool = False) -> None:
-        self.allow = [parse_network(a) for a in allow]
-        self.block = [parse_network(b) for b in block]
-        self.exempt_loopback = exempt_loopback
-        self.allows: Callable[[str], bool] = lru_cache(maxsize=4096)(self._allows)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.allow or self.block)
-
-    def _allows(self, ip: str) -> bool:
-        addr = parse_ip(ip)
-        if addr is None:
-            return not self.allow
-        if self.exempt_loopback and addr.is_loopback:
-            return True
-        if any(addr.version == n.version and addr in n for n in self.block):
-            return False
-        return not self.allow or any(addr.version == n.version and addr in n for n in self.allow)

@@ -29,8 +29,8 @@ from typing import Any
 
 import orjson
 
+from .ip_filter import IPFilter
 from .policy import compile_policies
-from .policy_match import IPFilter
 from .source import dotted
 
 log = logging.getLogger("omniroute.policy")

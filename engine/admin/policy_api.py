@@ -27,8 +27,8 @@ import orjson
 
 from engine.errors import ClientError
 from engine.http import JSONResponse, Request, Response
+from engine.ip_filter import IPFilter
 from engine.policy import PolicySet, compile_policies
-from engine.policy_match import IPFilter
 from engine.policy_store import PolicyStore, SettingsError, check_rule
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.policy_match import IPFilter, parse_ip, parse_network
+from engine.ip_filter import IPFilter, parse_ip, parse_network
 
 
 def test_no_lists_allow_everyone() -> None:

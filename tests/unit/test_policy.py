@@ -21,6 +21,7 @@ from engine.policy import (
     compile_policies,
     effort_for_tokens,
 )
+from engine.policy_match import facts_from_mapping
 from engine.source import load_yaml
 
 MON_NOON = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)  # a Monday
@@ -501,3 +502,15 @@ def test_schema_is_closed_everywhere() -> None:
                 walk(v, f"{where}/{i}")
 
     walk(raw, "")
+
+
+def test_facts_from_loose_input() -> None:
+    f = facts_from_mapping({"key": "team-a", "model": "coding", "stream": "true", "input_tokens": "1200",
+                            "header.X-Team": "red", "provider": "openai"})
+    assert (f.key, f.model, f.stream, f.input_tokens, f.headers, f.provider, f.resolved) == \
+        ("team-a", "coding", True, 1200, {"x-team": "red"}, "openai", True)
+    assert not facts_from_mapping({"model": "m"}).resolved
+    for bad, message in (({"modle": "x"}, "unknown fact 'modle'"), ({"stream": "maybe"}, "stream must be true or false"),
+                         ({"max_tokens": "lots"}, "max_tokens must be a whole number")):
+        with pytest.raises(ValueError, match=message):
+            facts_from_mapping(bad)
