@@ -17,7 +17,7 @@ from . import __version__
 from .errors import ClientError, GatewayError, OmniError
 from .gateway import Gateway
 from .http import BodyTooLarge, JSONResponse, Receive, Request, Response, Router, Scope, Send
-from .pipeline import Call, error_response, json_error, run_chat
+from .pipeline import Call, error_class, error_response, json_error, run_chat
 
 ChatMeta = Callable[[Request], dict[str, Any]]
 
@@ -92,6 +92,7 @@ class App:
         r.route("POST", "/v1beta/models/{target:path}", "/v1/models/{target:path}")(self.gemini_handler())
         r.route("GET", "/v1/models", "/models")(self.models)
         r.route("GET", "/api/monitoring/health", "/health")(self.health)
+        r.route("POST", "/api/shutdown")(self.admin(self.shutdown))
         from .admin import register_all
 
         register_all(r, self.gw, self.admin)
@@ -121,11 +122,14 @@ class App:
                 except BodyTooLarge as e:
                     raise ClientError(str(e), status=413) from None
                 body = parse_json(raw)
-                call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req))
+                call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req), bytes_in=len(raw))
                 if pin:
                     _pin_provider(rt, body, req.params["provider"])
                 return await run_chat(gw, call)
             except GatewayError as e:
+                if call is not None and not call.recorded_final:
+                    # A request that failed before any attempt still leaves its record.
+                    gw.record(call.record(gw, status=e.status, error_class=error_class(e)))
                 return error_response(fmt, e, call.headers if call else None)
 
         return handle
@@ -162,6 +166,17 @@ class App:
         for name, combo in rt.combos.items():
             data.append({"id": name, "object": "model", "created": created, "owned_by": "combo", "type": "combo", "strategy": combo.strategy})
         return JSONResponse({"object": "list", "data": data})
+
+    async def shutdown(self, req: Request) -> Response:
+        """Graceful: granian stops accepting, drains in-flight requests, then the lifespan shutdown
+        flushes usage records. The signal goes to the supervisor, which stops every worker."""
+        import signal
+
+        if self.gw.usage is not None:
+            self.gw.usage.audit("admin", "system.shutdown", "gateway", None)
+        target = os.getppid() if os.environ.get("OMNIROUTE_CONFIG") else os.getpid()
+        os.kill(target, signal.SIGTERM)
+        return JSONResponse({"status": "shutting down"}, 202)
 
     async def health(self, req: Request) -> Response:
         gw = self.gw

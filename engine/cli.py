@@ -32,8 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     server_args(sub.add_parser("demo", help="run the gateway on built-in fake upstreams (no API key needed)"), False)
     c = sub.add_parser("check", help="load and compile the config and specs; print every problem")
     c.add_argument("-c", "--config", default="config.yaml")
-    s = sub.add_parser("sql", help="read-only SQL over the usage data")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("sql", help="read-only SQL over the usage data (see `omniroute sql --help`)", add_help=False)
     e = sub.add_parser("explain", help="show the route plan for a model")
     e.add_argument("-c", "--config", default="config.yaml")
     e.add_argument("model")
@@ -41,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sql":  # its own options, in any order: sqlcli parses them
+        from .sqlcli import main as sql_main
+
+        return sql_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
@@ -48,10 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config, args.host, args.port, args.workers)
     if args.command == "demo":
         return _demo(args.host, args.port, args.workers)
-    if args.command == "sql":
-        from .sqlcli import main as sql_main
-
-        return sql_main(args.rest)
     if args.command == "explain":
         return _explain(args.config, args.model)
     return 2

@@ -63,7 +63,9 @@ class _Build:
         doc, problems = load_yaml(text, str(path), env=self.env, expand=expand)
         self.problems.extend(problems)
         if doc.data is None:
-            return None
+            if problems:
+                return None
+            doc.data = {}  # an empty document is an empty mapping
         if not isinstance(doc.data, dict):
             self.problems.append(doc.problem((), "the document must be a mapping of keys to values"))
             return None
@@ -364,7 +366,10 @@ def _keys(b: _Build, doc: Doc) -> tuple[dict[str, ApiKey], dict[str, ApiKey]]:
             from .budget import BudgetSpec
 
             bud = raw["budget"]
-            budget = BudgetSpec(period=bud["period"], limit_micro_usd=round(bud["limit_usd"] * 1_000_000), warn_at=bud.get("warn_at", 0.8))
+            try:
+                budget = BudgetSpec.from_config(bud)
+            except ValueError as e:
+                b.problems.append(doc.problem(("keys", i, "budget"), str(e)))
         key = ApiKey(name=name, sha256=digest, models=tuple(raw.get("models") or ()), budget=budget, admin=bool(raw.get("admin")), log_payloads=bool(raw.get("log_payloads")))
         keys[name] = key
         by_hash[digest] = key

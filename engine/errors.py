@@ -76,6 +76,7 @@ class SpecError(OmniError):
 class GatewayError(OmniError):
     status = 500
     kind = "server"
+    record_class: str | None = None  # overrides the error class in usage records ("budget")
 
     def __init__(
         self,

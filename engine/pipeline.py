@@ -4,6 +4,7 @@ Hub and spoke: the client body decodes to the canonical request once; each attem
 its upstream's format. When the client and upstream formats are the same the original body goes
 through with only the model rewritten, and a stream's events are relayed byte for byte (the fast
 path). Fallback to the next attempt happens only before the first byte reached the client.
+Every attempt leaves one usage record; the one whose outcome the client got is marked final.
 """
 
 from __future__ import annotations
@@ -16,17 +17,28 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from .canonical import features_used
-from .errors import ClientError, GatewayError, UpstreamError
+from .canonical import clean_usage, estimate_tokens, features_used
+from .errors import ClientError, GatewayError, RateLimited, UpstreamError
 from .http import JSONResponse, Response, StreamingResponse
+from .pricing import cost_micro_usd, worst_case_micro_usd
 from .routing import Target, resolve
 from .stream import SSEParser
 from .upstream import transport_error
 
 if TYPE_CHECKING:
     from .gateway import Gateway
-    from .runtime import ApiKey, Runtime
+    from .runtime import Account, ApiKey, Runtime
     from .translate import Format
+
+_ERROR_CLASS = {
+    "rate_limit": "rate_limit", "timeout": "timeout", "bad_gateway": "network", "authentication": "auth",
+    "permission": "auth", "invalid_request": "client", "not_found": "client", "conflict": "client",
+    "too_large": "client", "server": "server", "unavailable": "server", "overloaded": "server",
+}
+
+
+def error_class(err: GatewayError) -> str:
+    return err.record_class or _ERROR_CLASS.get(err.kind, err.kind)
 
 
 @dataclass
@@ -40,10 +52,15 @@ class Call:
     key: ApiKey | None
     body: dict[str, Any]
     meta: dict[str, Any]  # what the client format's decoders/encoders see (model, stream, framing)
+    bytes_in: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    ts: float = field(default_factory=time.time)
     timing: dict[str, float] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     req: dict[str, Any] | None = None
+    combo: str | None = None
+    pending: dict[str, Any] | None = None  # the failed attempt not yet known to be final
+    recorded_final: bool = False
 
     def canonical(self) -> dict[str, Any]:
         """The canonical request, decoded on first use (the fast path never needs it)."""
@@ -59,9 +76,22 @@ class Call:
     def server_timing(self) -> str:
         return ", ".join(f"{k};dur={v:.3f}" for k, v in self.timing.items())
 
+    def record(self, gw: Gateway, **fields: Any) -> dict[str, Any]:
+        rec = {
+            "request_id": self.rid, "ts": self.ts, "key_name": self.key.name if self.key else None,
+            "client_format": self.fmt.id, "route": self.route, "model_requested": self.meta.get("model"),
+            "combo": self.combo, "stream": bool(self.meta.get("stream")), "bytes_in": self.bytes_in,
+            "modality": "chat", "attempt": 0, "final": True,
+        }
+        rec.update(fields)
+        return rec
 
-def needs_translation(call: Call, target: Target) -> bool:
-    return target.connection.format is not call.fmt
+    def flush_pending(self, gw: Gateway, final: bool) -> None:
+        if self.pending is not None:
+            self.pending["final"] = final
+            gw.record(self.pending)
+            self.pending = None
+            self.recorded_final = self.recorded_final or final
 
 
 async def run_chat(gw: Gateway, call: Call) -> Response:
@@ -76,35 +106,84 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
     meta.setdefault("model", head["model"])
     meta["include_usage"] = bool(head.get("include_usage"))
     res = resolve(call.rt, head["model"], {"call": call})
+    call.combo = res.combo.name if res.combo else None
     gw.authorize_model(call.key, res)
-    t = call.mark("route", t)
+    call.mark("route", t)
     last: GatewayError | None = None
     targets = res.targets
     for attempt, target in enumerate(targets):
+        call.flush_pending(gw, final=False)
         try:
-            return await _attempt(gw, call, target, attempt, stream, res.combo.name if res.combo else None)
+            return await _attempt(gw, call, target, target.connection.accounts[0], attempt)
         except UpstreamError as e:
             e.attempt = attempt
             last = e
             if not e.retryable or attempt == len(targets) - 1:
                 break
             gw.log.info("falling back to the next target", extra={"rid": call.rid, "provider": target.connection.id, "status": e.status})
+    call.flush_pending(gw, final=True)
     if last is None:  # resolve never returns an empty plan; this keeps the type checker honest
         raise GatewayError(f"no target for model '{head['model']}'")
     raise last
 
 
-async def _attempt(gw: Gateway, call: Call, target: Target, attempt: int, stream: bool, combo: str | None) -> Response:
+def _reserve(gw: Gateway, call: Call, target: Target) -> Any:
+    """Hold the worst case of this attempt against the key's budget (raises 429 when over)."""
+    key = call.key
+    if key is None or gw.budgets is None:
+        return None
+    spec = gw.budgets.effective(key.name, key.budget)
+    if spec is None:
+        return None
+    from .budget import BudgetExceeded
+
+    req = call.canonical()
+    max_out = req.get("max_tokens") or target.model.max_output or 4096
+    amount = worst_case_micro_usd(target.model.price, estimate_tokens(req), max_out) or 0
+    try:
+        return gw.budgets.reserve(key.name, spec, amount)
+    except BudgetExceeded as e:
+        err = RateLimited(e.message, retry_after=e.retry_after)
+        err.record_class = "budget"
+        raise err from None
+
+
+def _settle(gw: Gateway, call: Call, reservation: Any, cost: int | None) -> None:
+    if gw.budgets is None or call.key is None:
+        return
+    if reservation is not None:
+        gw.budgets.settle(reservation, cost)
+    elif cost:
+        gw.budgets.add_spend(call.key.name, cost)
+
+
+async def _attempt(gw: Gateway, call: Call, target: Target, account: Account, attempt: int) -> Response:
     conn, model = target.connection, target.model
     up_fmt = conn.format
+    stream = bool(call.meta["stream"])
+    t_start = time.perf_counter()
+    rec = call.record(
+        gw, attempt=attempt, provider=conn.id, provider_spec=conn.spec.id, account=account.label,
+        upstream_model=model.upstream or model.id, ts=time.time(),
+    )
+    reservation = _reserve(gw, call, target)
+    try:
+        return await _send(gw, call, target, account, attempt, rec, reservation, t_start)
+    except UpstreamError as e:
+        _settle(gw, call, reservation, None)
+        rec.update(status=e.status, error_class=error_class(e), latency_ms=(time.perf_counter() - t_start) * 1000)
+        call.pending = rec
+        raise
+
+
+async def _send(
+    gw: Gateway, call: Call, target: Target, account: Account, attempt: int, rec: dict[str, Any], reservation: Any, t_start: float
+) -> Response:
+    conn, model = target.connection, target.model
+    up_fmt = conn.format
+    stream = bool(call.meta["stream"])
     t = time.perf_counter()
     passthrough = up_fmt is call.fmt
-    req = None if passthrough else call.canonical()
-    lossy = up_fmt.lossy(features_used(req)) if req is not None else []
-    if lossy:
-        if call.rt.strict:
-            raise ClientError(f"{conn.id}/{model.id} ({up_fmt.id}) cannot carry: {', '.join(lossy)} (strict_translation is on)")
-        call.headers["x-omniroute-lossy"] = ",".join(lossy)
     if passthrough:
         body = dict(call.body)
         body["model"] = model.upstream or model.id
@@ -112,15 +191,22 @@ async def _attempt(gw: Gateway, call: Call, target: Target, attempt: int, stream
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = orjson.dumps(body)
     else:
-        payload = orjson.dumps(up_fmt.encode_request(call.canonical(), {"model": model.upstream or model.id, "stream": stream}))
-    account = conn.accounts[0]
+        req = call.canonical()
+        lossy = up_fmt.lossy(features_used(req))
+        if lossy:
+            if call.rt.strict:
+                raise ClientError(f"{conn.id}/{model.id} ({up_fmt.id}) cannot carry: {', '.join(lossy)} (strict_translation is on)")
+            call.headers["x-omniroute-lossy"] = rec["lossy"] = ",".join(lossy)
+        payload = orjson.dumps(up_fmt.encode_request(req, {"model": model.upstream or model.id, "stream": stream}))
     request = gw.upstream.build(conn, account, "chat", model, stream=stream, body=payload)
     t = call.mark("translate", t)
     resp = await gw.upstream.send(request, conn, model, attempt)
     t = call.mark("upstream", t)
+    rec["ttfb_ms"] = (time.perf_counter() - t_start) * 1000
     call.headers["x-omniroute-model"] = f"{conn.id}/{model.id}"
     call.headers["x-omniroute-provider"] = conn.id
     call.headers["x-omniroute-attempts"] = str(attempt + 1)
+    call.headers["x-omniroute-fallbacks"] = str(attempt)
     if resp.status_code >= 400:
         raw = await resp.aread()
         await resp.aclose()
@@ -133,24 +219,61 @@ async def _attempt(gw: Gateway, call: Call, target: Target, attempt: int, stream
         finally:
             await resp.aclose()
         t = call.mark("upstream", t)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{conn.id} answered with invalid JSON", status=502, provider=conn.id) from None
         if passthrough:
-            out = raw
+            out, usage = raw, up_fmt.response_usage(parsed)
         else:
-            try:
-                parsed = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(f"{conn.id} answered with invalid JSON", status=502, provider=conn.id) from None
             canonical = up_fmt.decode_response(parsed)
+            usage = canonical["usage"]
             out = orjson.dumps(call.fmt.encode_response(canonical, call.meta))
         call.mark("translate", t)
+        _finish(gw, call, rec, reservation, model, usage, 200, None, t_start, len(out))
         headers = {**call.headers, "server-timing": call.server_timing()}
         return Response(out, 200, headers, media_type="application/json")
-    chunks = _passthrough_stream(resp, call, conn.id) if passthrough else _translated_stream(resp, call, up_fmt, conn.id)
+    watch = _Watch(gw, call, rec, reservation, model, t_start)
+    chunks = _passthrough_stream(resp, call, up_fmt, conn.id, watch) if passthrough else _translated_stream(resp, call, up_fmt, conn.id, watch)
     # Read until the client would get its first bytes: a failure before that can still fall back.
     first = await _first_output(chunks)
     call.mark("upstream", t)
     headers = {**call.headers, "server-timing": call.server_timing()}
     return StreamingResponse(_prepend(first, chunks), 200, headers, media_type=_media_type(call))
+
+
+def _finish(
+    gw: Gateway, call: Call, rec: dict[str, Any], reservation: Any, model: Any, usage: dict[str, Any], status: int,
+    err_class: str | None, t_start: float, bytes_out: int,
+) -> None:
+    usage = clean_usage(usage)
+    cost = cost_micro_usd(model.price, usage)
+    _settle(gw, call, reservation, cost)
+    rec.update(usage)
+    rec.update(status=status, error_class=err_class, cost_micro_usd=cost, latency_ms=(time.perf_counter() - t_start) * 1000, bytes_out=bytes_out, final=True)
+    call.recorded_final = True
+    gw.record(rec)
+
+
+class _Watch:
+    """What a stream saw, recorded once when it ends however it ends (done, failed, cancelled)."""
+
+    def __init__(self, gw: Gateway, call: Call, rec: dict[str, Any], reservation: Any, model: Any, t_start: float) -> None:
+        self.gw, self.call, self.rec, self.reservation, self.model, self.t_start = gw, call, rec, reservation, model, t_start
+        self.usage: dict[str, int] = clean_usage(None)
+        self.bytes_out = 0
+        self.text_chars = 0
+        self.done = False
+
+    def close(self, err: GatewayError | None, cancelled: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        if not self.usage["output_tokens"] and self.text_chars:
+            self.usage["output_tokens"] = max(1, self.text_chars // 4)  # cut before upstream's count
+        status = err.status if err else 200
+        cls = "cancelled" if cancelled else (error_class(err) if err else None)
+        _finish(self.gw, self.call, self.rec, self.reservation, self.model, self.usage, status, cls, self.t_start, self.bytes_out)
 
 
 def _media_type(call: Call) -> str:
@@ -182,41 +305,81 @@ async def _first_output(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
-async def _passthrough_stream(resp: httpx.Response, call: Call, conn_id: str) -> AsyncIterator[bytes]:
-    """Relay each SSE event's bytes as they arrive. The only rewrite: the usage-only chunk we asked
-    upstream for is dropped when the client did not ask for it."""
-    parser = SSEParser()
+async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, conn_id: str, watch: _Watch) -> AsyncIterator[bytes]:
+    """Relay each event's bytes as they arrive. The only rewrite: the usage-only chunk we asked
+    upstream for is dropped when the client did not ask for it. Events that carry usage (the
+    format spec's `usage_hint`) are decoded on the side for the usage record."""
+    parser = SSEParser() if fmt.framing == "sse" else None
+    decoder = fmt.decoder()
+    hint = fmt.usage_hint
     want_usage = call.meta.get("include_usage")
     started = False
+    err: GatewayError | None = None
+    cancelled = True
     try:
         async for chunk in resp.aiter_bytes():
+            if parser is None:  # ndjson / json-array: relay as is, decode everything on the side
+                for ev in decoder.feed(chunk):
+                    _observe(watch, ev)
+                watch.bytes_out += len(chunk)
+                started = True
+                yield chunk
+                continue
             out = []
             for event, data in parser.feed(chunk):
-                if not want_usage and data.startswith('{') and '"choices":[]' in data and '"usage"' in data:
-                    continue
+                if hint and hint in data:
+                    for ev in decoder.decode_data(event, data):
+                        _observe(watch, ev)
+                    if not want_usage and '"choices":[]' in data:
+                        continue
+                elif '"content"' in data:
+                    watch.text_chars += len(data) // 3  # rough: only used when upstream sends no usage
                 out.append(f"event: {event}\ndata: {data}\n\n" if event else f"data: {data}\n\n")
             if out:
                 started = True
-                yield "".join(out).encode()
+                b = "".join(out).encode()
+                watch.bytes_out += len(b)
+                yield b
+        cancelled = False
     except httpx.HTTPError as e:
+        cancelled = False
         err = transport_error(e, conn_id)
         if not started:
             raise err from None
         yield call.fmt.encoder(call.meta).error(err)
     finally:
         await resp.aclose()
+        if started or not err:
+            watch.close(err, cancelled=cancelled)
 
 
-async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, conn_id: str) -> AsyncIterator[bytes]:
+def _observe(watch: _Watch, ev: dict[str, Any]) -> None:
+    t = ev.get("type")
+    if t == "usage":
+        from .canonical import merge_usage
+
+        merge_usage(watch.usage, ev)
+    elif t == "text":
+        watch.text_chars += len(ev.get("text") or "")
+
+
+async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, conn_id: str, watch: _Watch) -> AsyncIterator[bytes]:
     decoder = up_fmt.decoder()
     encoder = call.fmt.encoder(call.meta)
     started = False
+    err: GatewayError | None = None
+    cancelled = True
     try:
         async for chunk in resp.aiter_bytes():
             out = []
@@ -228,16 +391,25 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
                     out.append(b)
             if out:
                 started = True
-                yield b"".join(out)
-        tail = [encoder.push(ev) for ev in decoder.close()]
-        yield b"".join(tail) + encoder.end()
+                b = b"".join(out)
+                watch.bytes_out += len(b)
+                yield b
+        tail = b"".join(encoder.push(ev) for ev in decoder.close()) + encoder.end()
+        watch.bytes_out += len(tail)
+        cancelled = False
+        yield tail
     except (httpx.HTTPError, UpstreamError) as e:
+        cancelled = False
         err = e if isinstance(e, UpstreamError) else transport_error(e, conn_id)
         if not started:
             raise err from None
         yield encoder.error(err)
     finally:
         await resp.aclose()
+        watch.usage = clean_usage(encoder.st["usage"])
+        watch.text_chars = sum(len(p.get("text") or "") for p in encoder.content) + len(encoder.st.get("text") or "")
+        if started or not err:
+            watch.close(err, cancelled=cancelled)
 
 
 def error_response(fmt: Format, err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:

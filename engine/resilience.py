@@ -94,6 +94,7 @@ class Resilience:
         self._raw_overrides: dict[str, dict[str, Any]] = {}  # PUT /api/resilience; kept across reloads
         self.profiles: dict[str, Profile] = dict(self.config_profiles)
         self.options: dict[str, ConnOptions] = {}
+        self.capped: frozenset[str] = frozenset()  # connections with max_concurrent
         self.providers: dict[str, Breaker] = {}
         self.accounts: dict[tuple[str, str], AccountState] = {}
         self._slots: dict[str, Slots] = {}
@@ -109,6 +110,7 @@ class Resilience:
         raw = rt.raw_config
         self.config_profiles = profiles_from_config(raw.get("resilience"))
         self.options = {cid: ConnOptions.from_config(c or {}) for cid, c in (raw.get("providers") or {}).items()}
+        self.capped = frozenset(cid for cid, o in self.options.items() if o.max_concurrent)
         self.profiles = {**self.config_profiles, **self._apply(self._raw_overrides)}
         self.fingerprint = rt.fingerprint
 
@@ -199,34 +201,46 @@ class Resilience:
         if len(accounts) == 1 and not exclude:  # the common case, kept cheap
             a = accounts[0]
             return a if self.account_block(conn, a.label, fingerprint, tokens) is None else None
-        ok = [a for a in accounts if a.label not in exclude and self.account_block(conn, a.label, fingerprint, tokens) is None]
-        if not ok:
-            return None
         if strategy is None:
             opt = self.options.get(conn.id)
             strategy = opt.account_strategy if opt else "fill-first"
+
+        def usable(a: Account) -> bool:
+            return a.label not in exclude and self.account_block(conn, a.label, fingerprint, tokens) is None
+
         if strategy == "fill-first":
-            return ok[0]
+            return next((a for a in accounts if usable(a)), None)
         if strategy == "round-robin":
-            return self._round_robin(conn, ok)
+            return self._round_robin(conn, usable)
+        if strategy not in ACCOUNT_STRATEGIES:
+            raise ValueError(f"unknown account strategy '{strategy}' (valid values: {', '.join(ACCOUNT_STRATEGIES)})")
+        ok = [a for a in accounts if usable(a)]
+        if not ok:
+            return None
         if strategy == "least-used":
             return min(ok, key=lambda a: (self.account(conn.id, a.label).in_flight, self.account(conn.id, a.label).requests))
-        if strategy == "random":
-            weights = [a.weight for a in ok]
-            return self.rng.choices(ok, weights)[0] if sum(weights) > 0 else self.rng.choice(ok)
-        raise ValueError(f"unknown account strategy '{strategy}' (valid values: {', '.join(ACCOUNT_STRATEGIES)})")
+        weights = [a.weight for a in ok]
+        return self.rng.choices(ok, weights)[0] if sum(weights) > 0 else self.rng.choice(ok)
 
-    def _round_robin(self, conn: Connection, ok: list[Account]) -> Account:
-        """The next account in config order, kept for `sticky_requests` requests in a row."""
+    def _round_robin(self, conn: Connection, usable: Callable[[Account], bool]) -> Account | None:
+        """The next usable account in config order, kept for `sticky_requests` requests in a row."""
+        accounts = conn.accounts
         label, served = self._sticky.get(conn.id, ("", 0))
-        labels = [a.label for a in conn.accounts]
-        current = next((a for a in ok if a.label == label), None)
-        if current is None or served >= self.profile(conn.id).sticky_requests:
-            start = labels.index(label) + 1 if label in labels else 0
-            current = min(ok, key=lambda a: (labels.index(a.label) - start) % len(labels))
-            served = 0
-        self._sticky[conn.id] = (current.label, served + 1)
-        return current
+        start = 0
+        for i, a in enumerate(accounts):
+            if a.label == label:
+                if served < self.profile(conn.id).sticky_requests and usable(a):
+                    self._sticky[conn.id] = (label, served + 1)
+                    return a
+                start = i + 1
+                break
+        n = len(accounts)
+        for k in range(n):
+            a = accounts[(start + k) % n]
+            if usable(a):
+                self._sticky[conn.id] = (a.label, 1)
+                return a
+        return None
 
     # ------------------------------------------------------------ outcomes
 

@@ -40,6 +40,7 @@ class Format:
     name: str
     supports: frozenset[str]
     framing: str
+    usage_hint: str
     done: str | None
     event_field: str | None
     sequence_field: str | None
@@ -48,6 +49,7 @@ class Format:
     req_decode: Node | None
     req_encode: Node | None
     resp_decode: Node | None
+    resp_usage: Node | None
     resp_encode: Node | None
     err_encode: Node | None
     err_decode: Node | None
@@ -120,6 +122,18 @@ class Format:
             return normalize_response(self.resp_decode({"src": body}))
         except ExprError as e:
             raise UpstreamError(f"upstream {self.id} response could not be read: {e}", status=502) from None
+
+    def response_usage(self, body: Any) -> dict[str, Any]:
+        """Usage of a wire response without decoding all of it (the fast path records usage too)."""
+        if self.resp_usage is not None and isinstance(body, dict):
+            try:
+                return self.resp_usage({"src": body}) or {}
+            except ExprError:
+                return {}
+        try:
+            return self.decode_response(body)["usage"]  # type: ignore[no-any-return]
+        except UpstreamError:
+            return {}
 
     def encode_response(self, resp: dict[str, Any], meta: dict[str, Any]) -> Any:
         if self.resp_encode is None:
@@ -225,6 +239,12 @@ class StreamDecoder:
         out: list[dict[str, Any]] = []
         for event, data in self.parser.close():
             self._event(event, data, out)
+        return out
+
+    def decode_data(self, event: str | None, data: str) -> list[dict[str, Any]]:
+        """Decode one already-framed event (the fast path frames events itself)."""
+        out: list[dict[str, Any]] = []
+        self._event(event, data, out)
         return out
 
     def _event(self, event: str | None, data: str, out: list[dict[str, Any]]) -> None:
@@ -466,6 +486,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         name=raw.get("name", fid),
         supports=frozenset(raw.get("supports") or ()),
         framing=stream.get("framing", "sse"),
+        usage_hint=stream.get("usage_hint", "usage"),
         done=stream.get("done"),
         event_field=stream.get("event_field"),
         sequence_field=stream.get("sequence_field"),
@@ -474,6 +495,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         req_decode=node(("request", "decode"), req.get("decode")),
         req_encode=node(("request", "encode"), req.get("encode")),
         resp_decode=node(("response", "decode"), resp.get("decode")),
+        resp_usage=node(("response", "usage"), resp.get("usage")),
         resp_encode=node(("response", "encode"), resp.get("encode")),
         err_encode=node(("errors", "encode"), errors.get("encode")),
         err_decode=node(("errors", "decode"), errors.get("decode")),
