@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 import tempfile
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 

@@ -159,8 +159,6 @@ def _settle(gw: Gateway, call: Call, reservation: Any, cost: int | None) -> None
 
 async def _attempt(gw: Gateway, call: Call, target: Target, account: Account, attempt: int) -> Response:
     conn, model = target.connection, target.model
-    up_fmt = conn.format
-    stream = bool(call.meta["stream"])
     t_start = time.perf_counter()
     rec = call.record(
         gw, attempt=attempt, provider=conn.id, provider_spec=conn.spec.id, account=account.label,

@@ -131,7 +131,7 @@ class Format:
             except ExprError:
                 return {}
         try:
-            return self.decode_response(body)["usage"]  # type: ignore[no-any-return]
+            return self.decode_response(body)["usage"]
         except UpstreamError:
             return {}
 
