@@ -176,7 +176,7 @@ def test_fifty_concurrent_tasks_never_exceed_the_limits() -> None:
         for _ in range(3):
             await asyncio.sleep(0)  # hold the slot while other tasks try
         inflight -= 1
-        st.release(adm, actual_tokens=1)
+        st.release(adm, actual_tokens=1, now=T0)
 
     async def main() -> None:
         await asyncio.gather(*(one(i) for i in range(50)))
@@ -217,3 +217,22 @@ def test_threads_never_exceed_the_limit() -> None:
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(200)))
     assert sum(results) == 25
+
+
+def test_reload_while_requests_run() -> None:
+    """A request admitted under the old rule set releases into the same counters after a reload."""
+    keys = [NS(name="k", models=(), rpm=None, rpd=None, schedule=None)]
+    old = compile_policies([{"name": "conc", "max_concurrent": 2, "rate_limit": {"rpm": 100}}], keys, lambda p, m: None)
+    new = compile_policies([{"name": "conc", "max_concurrent": 1, "rate_limit": {"rpm": 2}}], keys, lambda p, m: None)
+    st = PolicyState()
+    running = [st.admit("k", old.evaluate(Facts(key="k")), T0) for _ in range(2)]
+    with pytest.raises(RateLimited):  # the new, lower limits apply at once to what is in flight
+        st.admit("k", new.evaluate(Facts(key="k")), T0 + 1)
+    st.release(running[0], actual_tokens=10, now=T0 + 1)
+    with pytest.raises(RateLimited):  # one still running: max_concurrent 1 is reached
+        st.admit("k", new.evaluate(Facts(key="k")), T0 + 1)
+    st.release(running[1], actual_tokens=10, now=T0 + 1)
+    with pytest.raises(RateLimited, match="2 requests per minute"):  # concurrency is free, rpm 2 is used up
+        st.admit("k", new.evaluate(Facts(key="k")), T0 + 1)
+    st.admit("k", new.evaluate(Facts(key="k")), T0 + 61)
+    assert st.inflight("conc", "k") == 1
