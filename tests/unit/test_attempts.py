@@ -287,6 +287,25 @@ def test_cancellation_releases_in_flight() -> None:
     asyncio.run(main())
 
 
+def test_outside_cancellation_is_not_mistaken_for_the_deadline() -> None:
+    r, _ = state()
+    r.clock = time.time
+
+    async def main() -> None:
+        async def send(t: Target, a: Any, n: int) -> str:
+            await asyncio.sleep(5)
+            return "never"
+
+        task = asyncio.create_task(run_attempts(three(), {"deadline_s": 10}, r, send, fingerprint="fp1"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert r.accounts[("p1", "a")].in_flight == 0
+
+    asyncio.run(main())
+
+
 def test_a_full_connection_fails_over_after_the_queue_timeout() -> None:
     r, _ = state({"p1": {"max_concurrent": 1, "queue_timeout_s": 0.02}})
     ts = three()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import engine.strategies as S
-from engine.pricing import Price
+from engine.pricing import Price, cost_micro_usd
 from engine.routing import STRATEGIES, Target
 from engine.runtime import Account, Combo, Connection, Model, ProviderSpec
 
@@ -145,6 +145,15 @@ def test_cost_optimized_ranks_by_this_request_size_unknown_last() -> None:
     long_answer = S.cost_optimized(ts, make_combo(), {"input_tokens": 10, "max_tokens": 50_000})
     assert keys(long_answer)[:2] == ["cheap-out/m", "cheap-in/m"]
     assert keys(long_answer)[2:] == ["unknown/m", "half/m"]  # unknown prices keep their order
+
+
+def test_cost_optimized_agrees_with_the_pricing_module() -> None:
+    prices = [Price(input=i * 137_000, output=j * 911_000, cached_input=1) for i in range(1, 5) for j in range(1, 5)]
+    ts = [make_target(f"p{n}", price=p) for n, p in enumerate(prices)]
+    for inp, out in [(10, 5000), (50_000, 10), (1234, 567)]:
+        ranked = S.cost_optimized(ts, make_combo(), {"input_tokens": inp, "max_tokens": out})
+        costs = [cost_micro_usd(t.model.price, {"input_tokens": inp, "output_tokens": out}) for t in ranked]
+        assert costs == sorted(costs)
 
 
 def test_latency_optimized_learns_and_explores_unmeasured_targets() -> None:
