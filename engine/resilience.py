@@ -1,5 +1,4 @@
-"""Resilience: the routing state that outlives a config. Breakers, account cooldowns, account
-choice, learned and client-side rate limits, concurrency caps.
+"""Routing state that outlives a config: breakers, cooldowns, account choice, rate limits, caps.
 
 Keyed by connection id and account label (never by key material), held by the Gateway and left
 untouched by reloads. The clock is injected (`Resilience(clock=...)`, wall-clock seconds by
@@ -107,7 +106,7 @@ class Resilience:
         adopted, so calling it on every request is cheap; breakers and cooldowns are kept."""
         if rt.fingerprint == self.fingerprint:
             return
-        raw = rt.raw_config
+        raw = rt.raw_config  # validated at load (schema + check_config)
         self.config_profiles = profiles_from_config(raw.get("resilience"))
         self.options = {cid: ConnOptions.from_config(c or {}) for cid, c in (raw.get("providers") or {}).items()}
         self.capped = frozenset(cid for cid, o in self.options.items() if o.max_concurrent)
@@ -139,7 +138,7 @@ class Resilience:
             except ValueError:
                 if strict:
                     raise
-                out[name] = Profile.build(p, f"profiles.{name}")  # clashes with a reloaded config: API values win
+                out[name] = Profile.build(p, f"profiles.{name}")  # clashes with a reloaded config: the API's values win
         return out
 
     def profile(self, conn_id: str) -> Profile:
@@ -249,10 +248,9 @@ class Resilience:
         st = self.account(conn.id, account.label)
         st.in_flight += 1
         st.requests += 1
-        now = self.clock()
+        now, b = self.clock(), self.providers.get(conn.id)
         if st.breaker.state != CLOSED:
             st.breaker.admit(now)
-        b = self.providers.get(conn.id)
         if b is not None and b.state != CLOSED:
             b.admit(now)
         opt = self.options.get(conn.id)
@@ -261,8 +259,8 @@ class Resilience:
 
     def end(self, conn: Connection, account: Account) -> None:
         st = self.accounts.get((conn.id, account.label))
-        if st is not None and st.in_flight > 0:
-            st.in_flight -= 1
+        if st is not None:
+            st.in_flight = max(0, st.in_flight - 1)
 
     def add_tokens(self, conn_id: str, label: str, tokens: int) -> None:
         """Charge more tokens to the client-side tpm window (the output, once known)."""
@@ -314,9 +312,8 @@ class Resilience:
 
     @staticmethod
     def _backoff(st: AccountState, p: Profile) -> float:
-        delay = min(p.cooldown_max_s, p.cooldown_base_s * (2 ** min(st.level, 30)))
         st.level += 1
-        return delay
+        return min(p.cooldown_max_s, p.cooldown_base_s * (2 ** min(st.level - 1, 30)))
 
     @staticmethod
     def _reset_at(st: AccountState, err: UpstreamError, now: float) -> float | None:
@@ -378,8 +375,7 @@ class Resilience:
         return {
             "connection": conn.id, "account": account.label, "available": block is None,
             "reason": block[0] if block else None, "retry_at": block[1] if block else None,
-            "cooling_until": st.cool_until if st.cool_until > now else None,
-            "disabled": st.disabled_fp is not None and st.disabled_fp == self.fingerprint,
+            "cooling_until": st.cool_until if st.cool_until > now else None, "disabled": st.disabled_fp == self.fingerprint,
             "in_flight": st.in_flight, "requests": st.requests, "failures": st.failures,
             "learned": st.limits.view(now), "breaker": st.breaker.view(now, self.profile(conn.id)),
             "client_window": {"requests": len(st.limits.recent), "tokens": st.limits.tokens_sum},
@@ -400,7 +396,5 @@ class Resilience:
         }
 
 
-__all__ = [
-    "ACCOUNT_STRATEGIES", "CLOSED", "HALF_OPEN", "OPEN", "AccountState", "Breaker", "ConnOptions", "Profile", "Resilience",
-    "check_config", "parse_delay", "profiles_from_config",
-]
+__all__ = ["ACCOUNT_STRATEGIES", "CLOSED", "HALF_OPEN", "OPEN", "AccountState", "Breaker", "ConnOptions", "Profile",
+           "Resilience", "check_config", "parse_delay", "profiles_from_config"]
