@@ -29,7 +29,8 @@ from typing import Any
 
 from .errors import ClientError, GatewayError, Problem
 from .policy_apply import EFFORT_TOKENS, Op, apply_to_request, effort_for_tokens
-from .policy_match import Facts, Path, Test, compile_condition, compile_schedule
+from .policy_keys import key_rules
+from .policy_match import Facts, Path, Test, compile_condition
 from .source import Doc, validate
 
 __all__ = ["EFFORT_TOKENS", "Decision", "Deny", "Facts", "Limit", "PolicyDenied", "PolicySet", "apply_to_request",
@@ -86,6 +87,7 @@ class Rule:
     context: int | None
     limit: Limit | None
     tags: tuple[str, ...]
+    path: Path = ()  # where it was written, for load-time problems found later (route targets)
 
     def actions(self) -> dict[str, Any]:
         return {k: self.raw[k] for k in _ACTIONS if k in self.raw}
@@ -146,6 +148,18 @@ class Decision:
         return out
 
 
+def _fields(cond: Any) -> Iterable[str]:
+    if isinstance(cond, Mapping):
+        if isinstance(cond.get("field"), str):
+            yield cond["field"]
+        if "schedule" in cond:
+            yield "schedule"
+        for k in ("all", "any"):
+            for c in cond.get(k) or ():
+                yield from _fields(c)
+        yield from _fields(cond.get("not"))
+
+
 def _always(f: Facts, now: datetime) -> bool:
     return True
 
@@ -158,19 +172,21 @@ def _deferred(f: Facts, now: datetime) -> None:
 class PolicySet:
     """An immutable, compiled rule list. Share it across requests; build a new one on reload."""
 
-    __slots__ = ("_phase1", "_tests", "rules")
+    __slots__ = ("_phase1", "_tests", "fields", "rules")
 
     def __init__(self, rules: Sequence[Rule] = ()) -> None:
         self.rules = tuple(rules)
         self._tests: tuple[Test, ...] = tuple(r.test or _always for r in self.rules)
         self._phase1: tuple[Callable[[Facts, datetime], bool | None], ...] = tuple(_deferred if r.needs_resolution else t for r, t in zip(self.rules, self._tests, strict=True))
+        # the facts some rule reads ("schedule" for clocks): a caller can skip computing the others
+        self.fields: frozenset[str] = frozenset(f for r in self.rules for f in _fields(r.raw.get("match")))
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def route_targets(self) -> list[tuple[str, str, str]]:
-        """(source, rule name, model) of every route action, for load-time reference checks."""
-        return [(r.source, r.name, r.route) for r in self.rules if r.route is not None]
+    def route_targets(self) -> list[tuple[Path, str]]:
+        """(path of the route action, model) of every route, for load-time reference checks."""
+        return [((*r.path, "route"), r.route) for r in self.rules if r.route is not None]
 
     def evaluate(self, facts: Facts, now: datetime | None = None, *, prior: Decision | None = None) -> Decision:
         """Every rule's match, then the actions of the matching ones in order up to the first deny.
@@ -285,7 +301,7 @@ def compile_policies(
     names: dict[str, Path] = {}
     key_list = list(keys.values()) if isinstance(keys, Mapping) else list(keys)
     for i, key in enumerate(key_list):
-        for raw in _key_rules(key, ("keys", i), problem):
+        for raw in key_rules(key, ("keys", i), problem):
             _add(out, names, _compile_rule(raw, ("keys", i), "key", problem), ("keys", i), problem)
     for source, prefix, group in (("settings", ("settings",), settings_rules), ("config", ("policies",), rules or []),
                                   ("api", ("api_policies",), api_rules)):
@@ -367,47 +383,4 @@ def _compile_rule(raw: Mapping[str, Any], path: Path, source: str, problem: Call
     req = raw.get("require") or {}
     return Rule(name=name, source=source, raw=dict(raw), test=test, needs_resolution=needs, deny=deny_t,
                 route=raw.get("route"), ops=tuple(ops), capabilities=frozenset(req.get("capabilities") or ()),
-                context=req.get("context"), limit=limit, tags=tuple(raw.get("tag") or ()))
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _key_rules(key: Any, path: Path, problem: Callable[[Path, str], None]) -> list[dict[str, Any]]:
-    """The rules a key's shortcuts stand for: schedule (deny outside it), models (deny others), limits."""
-    name = getattr(key, "name", None)
-    if not isinstance(name, str) or not name:
-        problem((*path, "name"), "a key needs a name")
-        return []
-    is_key = {"field": "key", "eq": name}
-    out: list[dict[str, Any]] = []
-    schedule = getattr(key, "schedule", None)
-    if schedule is not None and compile_schedule(schedule, (*path, "schedule"), problem) is not None:
-        when = f"{','.join(schedule.get('days') or ['every day'])} {schedule.get('hours', '00:00-24:00')}"
-        out.append({"name": f"key:{name}:schedule", "match": {"all": [is_key, {"not": {"schedule": dict(schedule)}}]},
-                    "deny": {"status": 403, "message": f"key '{name}' may be used only {when} ({schedule.get('tz', 'UTC')})"}})
-    models = tuple(getattr(key, "models", None) or ())
-    if models:
-        pats = list(models)
-        allowed = {"any": [{"field": f, "glob": pats} for f in ("model", "combo", "resolved_model")]}
-        out.append({"name": f"key:{name}:models", "match": {"all": [is_key, {"not": allowed}]},
-                    "deny": {"status": 403, "message": f"key '{name}' may not use model '{{model}}' (allowed: {', '.join(pats)})"}})
-    rl: dict[str, int] = {}
-    for k in ("rpm", "rpd", "tpm", "tpd", "max_concurrent"):
-        v = getattr(key, k, None)
-        if v is None:
-            continue
-        if not _positive_int(v):
-            problem((*path, k), f"{k} must be a whole number >= 1, got {v!r}")
-            continue
-        rl[k] = v
-    if rl:
-        conc = rl.pop("max_concurrent", None)
-        rule: dict[str, Any] = {"name": f"key:{name}:limits", "match": is_key}
-        if rl:
-            rule["rate_limit"] = rl
-        if conc is not None:
-            rule["max_concurrent"] = conc
-        out.append(rule)
-    return out
+                context=req.get("context"), limit=limit, tags=tuple(raw.get("tag") or ()), path=path)

@@ -248,7 +248,10 @@ def test_trace_for_explain() -> None:
         {"rule": "b", "source": "config", "matched": True, "actions": {"route": "fast"}},
         {"rule": "c", "source": "config", "matched": None, "deferred": "needs resolved_model, provider or combo"},
     ]
-    assert ps.route_targets() == [("config", "b", "fast")]
+    assert ps.route_targets() == [(("policies", 1, "route"), "fast")]
+    assert ps.fields == {"key", "provider"}
+    assert compile_ok([{"name": "s", "match": {"not": {"any": [WORK_PARIS, {"field": "header.x-a", "eq": "1"}]}}, "tag": ["t"]}]).fields \
+        == {"schedule", "header.x-a"}
     assert ps.listing()[1] == {"name": "b", "description": "people read this", "route": "fast", "source": "config", "readonly": True}
 
 
