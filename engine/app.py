@@ -17,7 +17,7 @@ from . import __version__
 from .errors import ClientError, GatewayError, OmniError
 from .gateway import Gateway
 from .http import BodyTooLarge, JSONResponse, Receive, Request, Response, Router, Scope, Send
-from .pipeline import Call, error_class, error_response, json_error, run_chat
+from .pipeline import Call, error_class, error_response, json_error, run_chat, run_count_tokens
 
 ChatMeta = Callable[[Request], dict[str, Any]]
 
@@ -87,10 +87,13 @@ class App:
         r.route("POST", "/v1/chat/completions", "/chat/completions")(chat("openai-chat"))
         r.route("POST", "/v1/providers/{provider}/chat/completions")(chat("openai-chat", pin=True))
         r.route("POST", "/v1/messages")(chat("anthropic-messages"))
+        r.route("POST", "/v1/messages/count_tokens")(chat("anthropic-messages", count=True))
         r.route("POST", "/v1/responses", "/responses")(chat("openai-responses"))
         r.route("POST", "/v1/api/chat", "/api/chat")(chat("ollama"))
         r.route("POST", "/v1beta/models/{target:path}", "/v1/models/{target:path}")(self.gemini_handler())
         r.route("GET", "/v1/models", "/models")(self.models)
+        r.route("GET", "/v1beta/models")(self.gemini_models)
+        r.route("GET", "/api/tags", "/v1/api/tags")(self.ollama_tags)
         r.route("GET", "/api/monitoring/health", "/health")(self.health)
         r.route("POST", "/api/shutdown")(self.admin(self.shutdown))
         from .admin import register_all
@@ -106,7 +109,9 @@ class App:
 
         return guarded
 
-    def chat_handler(self, fmt_id: str, *, meta: ChatMeta = _no_meta, pin: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def chat_handler(
+        self, fmt_id: str, *, meta: ChatMeta = _no_meta, pin: bool = False, count: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         gw = self.gw
 
         async def handle(req: Request) -> Response:
@@ -125,6 +130,8 @@ class App:
                 call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req), bytes_in=len(raw))
                 if pin:
                     _pin_provider(rt, body, req.params["provider"])
+                if count or call.meta.get("action") == "countTokens":
+                    return await run_count_tokens(gw, call)
                 return await run_chat(gw, call)
             except GatewayError as e:
                 if call is not None and not call.recorded_final:
@@ -166,6 +173,37 @@ class App:
         for name, combo in rt.combos.items():
             data.append({"id": name, "object": "model", "created": created, "owned_by": "combo", "type": "combo", "strategy": combo.strategy})
         return JSONResponse({"object": "list", "data": data})
+
+    def _chat_models(self) -> list[tuple[str, Any]]:
+        rt = self.gw.runtime
+        out: list[tuple[str, Any]] = [(f"{cid}/{mid}", m) for cid, conn in rt.connections.items() for mid, m in conn.models.items() if m.type == "chat"]
+        out += [(name, None) for name in (*rt.aliases, *rt.combos)]
+        return out
+
+    async def gemini_models(self, req: Request) -> Response:
+        self.gw.authenticate(req, self.gw.runtime)
+        models = []
+        for name, m in self._chat_models():
+            entry: dict[str, Any] = {
+                "name": f"models/{name}", "displayName": (m.name if m else name) or name, "version": "omniroute",
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+            }
+            if m is not None and m.context:
+                entry["inputTokenLimit"] = m.context
+            if m is not None and m.max_output:
+                entry["outputTokenLimit"] = m.max_output
+            models.append(entry)
+        return JSONResponse({"models": models})
+
+    async def ollama_tags(self, req: Request) -> Response:
+        self.gw.authenticate(req, self.gw.runtime)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.gw.started))
+        models = [
+            {"name": name, "model": name, "modified_at": stamp, "size": 0, "digest": "",
+             "details": {"format": "", "family": name.partition("/")[0], "families": None, "parameter_size": "", "quantization_level": ""}}
+            for name, _ in self._chat_models()
+        ]
+        return JSONResponse({"models": models})
 
     async def shutdown(self, req: Request) -> Response:
         """Graceful: granian stops accepting, drains in-flight requests, then the lifespan shutdown

@@ -181,12 +181,14 @@ async def _send(
     up_fmt = conn.format
     stream = bool(call.meta["stream"])
     t = time.perf_counter()
-    passthrough = up_fmt is call.fmt
+    passthrough = up_fmt is call.fmt and call.meta.get("framing") in (None, up_fmt.framing)
     if passthrough:
         body = dict(call.body)
-        body["model"] = model.upstream or model.id
-        if stream and up_fmt.id == "openai-chat":
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        if "model" in body:  # Gemini carries the model in the URL, not the body
+            body["model"] = model.upstream or model.id
+        if stream and up_fmt.stream_defaults:
+            for k, v in up_fmt.stream_defaults.items():
+                body[k] = {**body[k], **v} if isinstance(v, dict) and isinstance(body.get(k), dict) else v
         payload = orjson.dumps(body)
     else:
         req = call.canonical()
@@ -417,3 +419,38 @@ def error_response(fmt: Format, err: GatewayError, extra_headers: dict[str, str]
 
 def json_error(err: GatewayError) -> JSONResponse:
     return JSONResponse({"error": {"message": err.message, "type": err.kind}}, status=err.status, headers=err.headers)
+
+
+async def run_count_tokens(gw: Gateway, call: Call) -> Response:
+    """The upstream's own count where its format and spec offer one, else an estimate marked
+    as such (`x-omniroute-token-count: estimate`)."""
+    body = call.body
+    if not isinstance(body, dict):
+        raise ClientError("request body must be a JSON object")
+    req = call.fmt.decode_request(body, call.meta, validated=True)
+    res = resolve(call.rt, req.get("model") or "", {"call": call})
+    gw.authorize_model(call.key, res)
+    target = res.targets[0]
+    conn, model = target.connection, target.model
+    up = conn.format
+    count, how = None, "estimate"
+    if up.count_encode is not None and up.count_decode is not None and "count_tokens" in conn.spec.endpoints:
+        payload = orjson.dumps(up.count_encode({"src": req, "meta": {"model": model.upstream or model.id}}))
+        request = gw.upstream.build(conn, conn.accounts[0], "count_tokens", model, stream=False, body=payload)
+        try:
+            resp = await gw.upstream.send(request, conn, model, 0)
+            raw = await resp.aread()
+            await resp.aclose()
+            if resp.status_code < 400:
+                value = up.count_decode({"src": orjson.loads(raw)})
+                if isinstance(value, int) and not isinstance(value, bool):
+                    count, how = value, "upstream"
+        except (UpstreamError, httpx.HTTPError, orjson.JSONDecodeError):
+            gw.log.info("count_tokens fell back to an estimate", extra={"provider": conn.id})
+    if count is None:
+        count = estimate_tokens(req)
+    if call.fmt.count_answer is None:
+        raise ClientError(f"the {call.fmt.id} format has no count-tokens answer", status=404, kind="not_found")
+    out = call.fmt.count_answer({"count": count, "estimated": how == "estimate"})
+    headers = {"x-omniroute-token-count": how, "x-omniroute-model": target.key}
+    return JSONResponse(out, 200, headers)

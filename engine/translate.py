@@ -41,6 +41,7 @@ class Format:
     supports: frozenset[str]
     framing: str
     usage_hint: str
+    stream_defaults: dict[str, Any]
     done: str | None
     event_field: str | None
     sequence_field: str | None
@@ -63,6 +64,7 @@ class Format:
     buffer_tools: bool
     count_encode: Node | None
     count_decode: Node | None
+    count_answer: Node | None
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     # ---------------------------------------------------------------- requests
@@ -171,8 +173,8 @@ class Format:
     def encoder(self, meta: dict[str, Any]) -> StreamEncoder:
         return StreamEncoder(self, meta)
 
-    def writer(self) -> Writer:
-        return Writer(self.framing, self.event_field, self.done)
+    def writer(self, framing: str | None = None) -> Writer:
+        return Writer(framing or self.framing, self.event_field, self.done)
 
 
 def _clean_request(req: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +286,7 @@ class StreamEncoder:
 
     def __init__(self, fmt: Format, meta: dict[str, Any]) -> None:
         self.fmt = fmt
-        self.writer = fmt.writer()
+        self.writer = fmt.writer(meta.get("framing"))  # Gemini clients choose SSE or a JSON array
         self.st: dict[str, Any] = {
             "id": meta.get("id") or _gen_id("chatcmpl-"),
             "model": meta.get("model"),
@@ -341,6 +343,7 @@ class StreamEncoder:
             st["tool_index"] += 1
             self.tool_map[ev.get("index")] = st["tool_index"]
             self.tools[st["tool_index"]] = {"id": ev.get("id"), "name": ev.get("name"), "args": ""}
+            st["tool_id"], st["tool_name"] = ev.get("id"), ev.get("name")  # close nodes repeat them
             self._open_block("tool", ev.get("index"), ev, buf)
             node = self.fmt.enc_events.get("tool_start")
             if node is not None and not self.fmt.buffer_tools:
@@ -436,7 +439,7 @@ class StreamEncoder:
         buf: list[bytes] = []
         if self.fmt.enc_error is not None:
             self._write(self.fmt.enc_error({"err": e, "st": self.st, "meta": self.meta}), buf)
-        if self.fmt.framing == "json-array":
+        if self.writer.framing == "json-array":
             buf.append(self.writer.end())
         return b"".join(buf)
 
@@ -487,6 +490,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         supports=frozenset(raw.get("supports") or ()),
         framing=stream.get("framing", "sse"),
         usage_hint=stream.get("usage_hint", "usage"),
+        stream_defaults=dict(req.get("stream_defaults") or {}),
         done=stream.get("done"),
         event_field=stream.get("event_field"),
         sequence_field=stream.get("sequence_field"),
@@ -509,6 +513,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         buffer_tools=bool(enc.get("buffer_tools", False)),
         count_encode=node(("count_tokens", "encode"), count.get("encode")),
         count_decode=node(("count_tokens", "decode"), count.get("decode")),
+        count_answer=node(("count_tokens", "answer"), count.get("answer")),
         raw=raw,
     )
     return fmt if ok else None
