@@ -70,6 +70,10 @@ class App:
             await JSONResponse({"error": {"message": msg, "type": "invalid_request_error"}}, status)(send)
             return
         req.params = params
+        flt = self.gw.policy_store.ip_filter()
+        if flt is not None and not flt.allows(req.client):
+            await JSONResponse({"error": {"message": f"address {req.client} is not allowed by the IP filter", "type": "permission_error"}}, 403)(send)
+            return
         try:
             resp = await handler(req)
         except GatewayError as e:
@@ -127,7 +131,7 @@ class App:
                 except BodyTooLarge as e:
                     raise ClientError(str(e), status=413) from None
                 body = parse_json(raw)
-                call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req), bytes_in=len(raw))
+                call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req), bytes_in=len(raw), headers_in=req.headers, ip=req.client)
                 if pin:
                     _pin_provider(rt, body, req.params["provider"])
                 if count or call.meta.get("action") == "countTokens":

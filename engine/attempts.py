@@ -118,7 +118,7 @@ async def run_attempts(
             continue  # a target listed twice (nested combos) is tried once
         seen.add(key)
         blocked = state.provider_block(conn)
-        account = None if blocked else state.pick(conn, fingerprint=fingerprint, tokens=tokens)
+        account = None if blocked else state.pick(conn, fingerprint=fingerprint, tokens=tokens, model=target.model.id)
         if account is None:
             why, until = blocked or why_no_account(state, conn, set(), fingerprint, tokens)
             plan.skips.append((key, why, until))
@@ -179,7 +179,7 @@ async def run_attempts(
             nxt: Account | None = None
             if cls in _ACCOUNT_CLASSES:
                 tried.add(account.label)
-                nxt = state.pick(conn, exclude=tried, fingerprint=fingerprint, tokens=tokens)
+                nxt = state.pick(conn, exclude=tried, fingerprint=fingerprint, tokens=tokens, model=target.model.id)
                 if nxt is not None:
                     _event(on_event, "failure", target, account, attempt, error, cls, "next_account")
                     account = nxt

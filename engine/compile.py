@@ -344,9 +344,27 @@ def build(config_file: Path | str | None, *, env: Mapping[str, str] | None = Non
         watch_paths=tuple(str(p) for p in ([path] if path else []) + dirs),
     )
     b.problems.extend(check_references(runtime, doc))
+    _check_policies_and_resilience(b, doc, runtime)
     if b.problems:
         raise SpecError(b.problems)
     return runtime
+
+
+def _check_policies_and_resilience(b: _Build, doc: Doc, rt: Runtime) -> None:
+    """Policies and resilience profiles compile here too, so a bad rule is a located load error."""
+    from .errors import GatewayError
+    from .policy import compile_policies
+    from .resilience import check_config
+    from .routing import resolve
+
+    for path, msg in check_config(doc.data):
+        b.problems.append(doc.problem(path, msg))
+    pset = compile_policies(doc.data.get("policies"), rt.keys, lambda p, m: b.problems.append(doc.problem(p, m)), config_validated=True)
+    for path, model in pset.route_targets():
+        try:
+            resolve(rt, model, order=False)
+        except GatewayError as e:
+            b.problems.append(doc.problem(path, e.message))
 
 
 def _keys(b: _Build, doc: Doc) -> tuple[dict[str, ApiKey], dict[str, ApiKey]]:
@@ -370,7 +388,11 @@ def _keys(b: _Build, doc: Doc) -> tuple[dict[str, ApiKey], dict[str, ApiKey]]:
                 budget = BudgetSpec.from_config(bud)
             except ValueError as e:
                 b.problems.append(doc.problem(("keys", i, "budget"), str(e)))
-        key = ApiKey(name=name, sha256=digest, models=tuple(raw.get("models") or ()), budget=budget, admin=bool(raw.get("admin")), log_payloads=bool(raw.get("log_payloads")))
+        key = ApiKey(
+            name=name, sha256=digest, models=tuple(raw.get("models") or ()), budget=budget, admin=bool(raw.get("admin")),
+            log_payloads=bool(raw.get("log_payloads")), rpm=raw.get("rpm"), rpd=raw.get("rpd"), tpm=raw.get("tpm"),
+            tpd=raw.get("tpd"), max_concurrent=raw.get("max_concurrent"), schedule=raw.get("schedule"),
+        )
         keys[name] = key
         by_hash[digest] = key
     return keys, by_hash

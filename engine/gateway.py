@@ -14,12 +14,15 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClientError, GatewayError, OmniError
+from .errors import GatewayError, OmniError
+from .policy_state import PolicyState
+from .policy_store import PolicyStore
+from .resilience import Resilience
+from .strategies import RoutingStats
 from .upstream import Upstream
 
 if TYPE_CHECKING:
     from .http import Request
-    from .routing import Resolution
     from .runtime import ApiKey, Runtime
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost", "")
@@ -48,6 +51,14 @@ class Gateway:
         self.usage: Any = None
         self.budgets: Any = None
         self.reloader: Any = None
+        self.resilience = Resilience()
+        self.resilience.configure(runtime)
+        self.routing_stats = RoutingStats()
+        self.policy_state = PolicyState()
+        self.policy_store = PolicyStore(runtime.data_dir)
+        self.policy_store.subscribe(self._policies_changed)
+        self._pset: Any = None
+        self._pset_fp = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -78,8 +89,28 @@ class Gateway:
 
     def swap(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.resilience.configure(runtime)
         self.last_reload_error = None
         self.last_reload_at = time.time()
+
+    def _policies_changed(self) -> None:
+        self._pset = None
+
+    def policies(self) -> Any:
+        """The compiled policy set of the current runtime plus the API-added rules and settings."""
+        rt = self.runtime
+        if self._pset is None or self._pset_fp != rt.fingerprint:
+            from .policy import compile_policies
+
+            def problem(path: Any, message: str) -> None:
+                self.log.error(f"policy rule left out: {message}", extra={"path": path})
+
+            self._pset = compile_policies(
+                rt.raw_config.get("policies"), rt.keys, problem, api_rules=self.policy_store.rules(),
+                settings_rules=self.policy_store.settings_rules(), config_validated=True,
+            )
+            self._pset_fp = rt.fingerprint
+        return self._pset
 
     def request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):08x}"
@@ -103,15 +134,6 @@ class Gateway:
         if key is None:
             raise GatewayError("invalid API key", status=401, kind="authentication")
         return key
-
-    def authorize_model(self, key: ApiKey | None, res: Resolution) -> None:
-        if key is None or not key.models:
-            return
-        from fnmatch import fnmatchcase
-
-        names = [res.requested, *res.chain, *(t.key for t in res.targets)]
-        if not any(fnmatchcase(n, pat) for n in names for pat in key.models):
-            raise ClientError(f"key '{key.name}' may not use model '{res.requested}' (allowed: {', '.join(key.models)})", status=403, kind="permission")
 
     def authorize_admin(self, req: Request) -> None:
         rt = self.runtime

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from .attempts import run_attempts
 from .canonical import clean_usage, estimate_tokens, features_used
 from .errors import ClientError, GatewayError, RateLimited, UpstreamError
 from .http import JSONResponse, Response, StreamingResponse
@@ -61,6 +62,9 @@ class Call:
     combo: str | None = None
     pending: dict[str, Any] | None = None  # the failed attempt not yet known to be final
     recorded_final: bool = False
+    headers_in: dict[str, str] = field(default_factory=dict)
+    ip: str = ""
+    rewrites: dict[str, Any] = field(default_factory=dict)  # target key -> policy decision that rewrites
 
     def canonical(self) -> dict[str, Any]:
         """The canonical request, decoded on first use (the fast path never needs it)."""
@@ -105,26 +109,119 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
     meta["created"] = int(time.time())
     meta.setdefault("model", head["model"])
     meta["include_usage"] = bool(head.get("include_usage"))
-    res = resolve(call.rt, head["model"], {"call": call})
-    call.combo = res.combo.name if res.combo else None
-    gw.authorize_model(call.key, res)
-    call.mark("route", t)
-    last: GatewayError | None = None
-    targets = res.targets
-    for attempt, target in enumerate(targets):
-        call.flush_pending(gw, final=False)
+    rt = call.rt
+    pset = gw.policies()
+    facts, first, admission = None, None, None
+    if pset.rules:
+        facts = _facts(call, head, pset.fields)
+        first = pset.evaluate(facts)
+        if first.denied:
+            raise first.error()
+        admission = gw.policy_state.admit(facts.key, first, tokens=facts.input_tokens)
+    try:
+        est = call.bytes_in // 4 if call.req is None else estimate_tokens(call.req)
+        info = {"stats": gw.routing_stats, "input_tokens": est, "max_tokens": None, "needs": set()}
+        res = resolve(rt, (first.route if first else None) or head["model"], info)
+        call.combo = res.combo.name if res.combo else None
+        targets = _admissible(gw, call, res, facts, first, est)
+        call.mark("route", t)
+
+        def hold(resp: Response, release: Any) -> bool:
+            if isinstance(resp, StreamingResponse):
+                resp.chunks = _finally(resp.chunks, release, lambda: _release_admission(gw, admission))
+                return True
+            return False
+
         try:
-            return await _attempt(gw, call, target, target.connection.accounts[0], attempt)
-        except UpstreamError as e:
-            e.attempt = attempt
-            last = e
-            if not e.retryable or attempt == len(targets) - 1:
-                break
-            gw.log.info("falling back to the next target", extra={"rid": call.rid, "provider": target.connection.id, "status": e.status})
-    call.flush_pending(gw, final=True)
-    if last is None:  # resolve never returns an empty plan; this keeps the type checker honest
-        raise GatewayError(f"no target for model '{head['model']}'")
-    raise last
+            resp = await run_attempts(
+                targets, res.combo.settings if res.combo else {}, gw.resilience,
+                lambda target, account, n: _attempt(gw, call, target, account, n),
+                fingerprint=rt.fingerprint, stats=gw.routing_stats, tokens=est, hold=hold,
+                on_event=lambda kind, **f: _on_event(gw, call, kind, f),
+            )
+        except GatewayError:
+            call.flush_pending(gw, final=True)
+            raise
+        if not isinstance(resp, StreamingResponse):
+            _release_admission(gw, admission)
+        admission = None if isinstance(resp, StreamingResponse) else admission
+        return resp
+    except BaseException:
+        if admission is not None:
+            gw.policy_state.release(admission, refund=call.pending is None and not call.recorded_final)
+        raise
+
+
+def _release_admission(gw: Gateway, admission: Any) -> None:
+    if admission is not None:
+        gw.policy_state.release(admission)
+
+
+async def _finally(chunks: AsyncIterator[bytes], *callbacks: Any) -> AsyncIterator[bytes]:
+    try:
+        async for c in chunks:
+            yield c
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        for cb in callbacks:
+            cb()
+
+
+def _on_event(gw: Gateway, call: Call, kind: str, fields: dict[str, Any]) -> None:
+    if kind in ("skip", "failure", "retry"):
+        gw.log.info(f"attempt {kind}", extra={"rid": call.rid, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def _facts(call: Call, head: dict[str, Any], fields: Any) -> Any:
+    """What the policy rules can test. The decode is paid only when a rule reads its results."""
+    from .policy_match import Facts
+
+    req = call.canonical() if fields & {"has_tools", "has_images", "input_tokens", "max_tokens"} else None
+    used = features_used(req) if req is not None else set()
+    return Facts(
+        key=call.key.name if call.key else None, model=head["model"], format=call.fmt.id, route=call.route,
+        has_tools="tools" in used, has_images="images" in used, stream=bool(head.get("stream")),
+        input_tokens=estimate_tokens(req) if req is not None else call.bytes_in // 4,
+        max_tokens=req.get("max_tokens") if req is not None else None, headers=call.headers_in, ip=call.ip,
+    )
+
+
+def _admissible(gw: Gateway, call: Call, res: Any, facts: Any, first: Any, est: int) -> list[Target]:
+    """Targets that may serve this request: capable of what it needs, allowed by every policy rule
+    that looks at the resolved target. Each kept target's request rewrite is noted on the call."""
+    from .strategies import describe_skips, filter_capable, needs_of
+
+    targets: list[Target] = res.targets
+    skipped: list[tuple[Target, str]] = []
+    if len(targets) > 1 or (first is not None and (first.capabilities or first.context)):
+        req = call.canonical()
+        needs = needs_of(features_used(req)) | set(first.capabilities if first is not None else ())
+        targets, skipped = filter_capable(targets, needs, estimate_tokens(req), req.get("max_tokens"))
+    denial = None
+    if first is not None:
+        kept = []
+        for target in targets:
+            d = first if not first.pending else gw.policies().evaluate(
+                facts.with_target(target.key, target.connection.id, call.combo), prior=first
+            )
+            unmet = d.unmet(target.model.capabilities, target.model.context) if target.model.known else []
+            if d.denied:
+                denial = denial or d
+                skipped.append((target, f"denied by policy '{d.deny.rule}'" if d.deny else "denied by policy"))
+            elif unmet:
+                skipped.append((target, "; ".join(unmet)))
+            else:
+                kept.append(target)
+                if d.modifies_request or d.tags:
+                    call.rewrites[target.key] = d
+        targets = kept
+    if not targets:
+        if denial is not None:
+            raise denial.error()
+        raise ClientError(describe_skips(skipped) if skipped else f"no target can serve '{res.requested}'")
+    return targets
 
 
 def _reserve(gw: Gateway, call: Call, target: Target) -> Any:
@@ -159,6 +256,7 @@ def _settle(gw: Gateway, call: Call, reservation: Any, cost: int | None) -> None
 
 async def _attempt(gw: Gateway, call: Call, target: Target, account: Account, attempt: int) -> Response:
     conn, model = target.connection, target.model
+    call.flush_pending(gw, final=False)
     t_start = time.perf_counter()
     rec = call.record(
         gw, attempt=attempt, provider=conn.id, provider_spec=conn.spec.id, account=account.label,
@@ -181,7 +279,14 @@ async def _send(
     up_fmt = conn.format
     stream = bool(call.meta["stream"])
     t = time.perf_counter()
-    passthrough = up_fmt is call.fmt and call.meta.get("framing") in (None, up_fmt.framing)
+    decision = call.rewrites.get(target.key)
+    system_message = call.rt.combos[call.combo].settings.get("system_message") if call.combo else None
+    passthrough = (
+        up_fmt is call.fmt and call.meta.get("framing") in (None, up_fmt.framing)
+        and not system_message and not (decision is not None and decision.modifies_request)
+    )
+    if decision is not None and decision.tags:
+        rec["tags"] = list(decision.tags)
     if passthrough:
         body = dict(call.body)
         if "model" in body:  # Gemini carries the model in the URL, not the body
@@ -192,6 +297,12 @@ async def _send(
         payload = orjson.dumps(body)
     else:
         req = call.canonical()
+        if decision is not None and decision.modifies_request:
+            from .policy_apply import apply_to_request
+
+            req = apply_to_request(req, decision)
+        if system_message:
+            req = {**req, "system": system_message}
         lossy = up_fmt.lossy(features_used(req))
         if lossy:
             if call.rt.strict:
@@ -201,6 +312,7 @@ async def _send(
     request = gw.upstream.build(conn, account, "chat", model, stream=stream, body=payload)
     t = call.mark("translate", t)
     resp = await gw.upstream.send(request, conn, model, attempt)
+    gw.resilience.learn(conn, account, resp.headers)
     t = call.mark("upstream", t)
     rec["ttfb_ms"] = (time.perf_counter() - t_start) * 1000
     call.headers["x-omniroute-model"] = f"{conn.id}/{model.id}"
@@ -428,8 +540,12 @@ async def run_count_tokens(gw: Gateway, call: Call) -> Response:
     if not isinstance(body, dict):
         raise ClientError("request body must be a JSON object")
     req = call.fmt.decode_request(body, call.meta, validated=True)
-    res = resolve(call.rt, req.get("model") or "", {"call": call})
-    gw.authorize_model(call.key, res)
+    res = resolve(call.rt, req.get("model") or "", {"stats": gw.routing_stats})
+    pset = gw.policies()
+    if pset.rules:
+        first = pset.evaluate(_facts(call, req, pset.fields))
+        if first.denied:
+            raise first.error()
     target = res.targets[0]
     conn, model = target.connection, target.model
     up = conn.format

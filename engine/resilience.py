@@ -67,7 +67,7 @@ class AccountState:
     """Everything known about one account of one connection."""
 
     __slots__ = ("breaker", "cool_kind", "cool_reason", "cool_until", "disabled_fp", "disabled_reason", "failures",
-                 "in_flight", "level", "limits", "requests")
+                 "in_flight", "level", "limits", "model_cool", "requests")
 
     def __init__(self) -> None:
         self.breaker = Breaker()
@@ -76,6 +76,8 @@ class AccountState:
         self.disabled_fp: str | None = None
         self.disabled_reason = ""
         self.level = self.in_flight = self.requests = self.failures = 0  # level: consecutive backoffs
+        # 5xx and timeouts back off per model: one overloaded model must not block its siblings
+        self.model_cool: dict[str, tuple[float, str]] = {}
 
     def cool(self, until: float, kind: str, reason: str) -> None:
         if until > self.cool_until:
@@ -167,7 +169,9 @@ class Resilience:
         until = b.blocked_until(self.clock(), self.profile(conn.id))
         return None if until is None else (f"circuit breaker of {conn.id} is open", until)
 
-    def account_block(self, conn: Connection, label: str, fingerprint: str | None = None, tokens: int = 0) -> Block | None:
+    def account_block(
+        self, conn: Connection, label: str, fingerprint: str | None = None, tokens: int = 0, model: str | None = None
+    ) -> Block | None:
         """Why the account cannot be used now (and until when), or None when it can."""
         st = self.accounts.get((conn.id, label))
         opt = self.options.get(conn.id)
@@ -180,6 +184,10 @@ class Resilience:
             return st.disabled_reason, None
         if st.cool_until > now:
             return st.cool_reason, st.cool_until
+        if model is not None and st.model_cool:
+            until, reason = st.model_cool.get(model, (0.0, ""))
+            if until > now:
+                return reason, until
         if st.breaker.state != CLOSED:
             until = st.breaker.blocked_until(now, self.profile(conn.id))
             if until is not None:
@@ -193,19 +201,19 @@ class Resilience:
         return None
 
     def pick(self, conn: Connection, strategy: str | None = None, exclude: Iterable[str] = (), *,
-             fingerprint: str | None = None, tokens: int = 0) -> Account | None:
+             fingerprint: str | None = None, tokens: int = 0, model: str | None = None) -> Account | None:
         """An available account of `conn` chosen by `strategy` (default: the connection's
         account_strategy), leaving out the labels in `exclude`; None when none is available."""
         accounts = conn.accounts
         if len(accounts) == 1 and not exclude:  # the common case, kept cheap
             a = accounts[0]
-            return a if self.account_block(conn, a.label, fingerprint, tokens) is None else None
+            return a if self.account_block(conn, a.label, fingerprint, tokens, model) is None else None
         if strategy is None:
             opt = self.options.get(conn.id)
             strategy = opt.account_strategy if opt else "fill-first"
 
         def usable(a: Account) -> bool:
-            return a.label not in exclude and self.account_block(conn, a.label, fingerprint, tokens) is None
+            return a.label not in exclude and self.account_block(conn, a.label, fingerprint, tokens, model) is None
 
         if strategy == "fill-first":
             return next((a for a in accounts if usable(a)), None)
@@ -307,13 +315,21 @@ class Resilience:
                 at = now + (p.quota_cooldown_s if cls == "quota" else self._backoff(st, p))
             st.cool(at, cls, "quota exhausted" if cls == "quota" else "rate limited by the upstream (429)")
         else:
-            st.cool(now + self._backoff(st, p), "backoff", f"backing off after a {cls} failure")
+            # One 5xx is often the request's own bad luck: back off from the second in a row on.
+            until = now + self._backoff(st, p, grace=1)
+            if until > now:
+                st.model_cool[err.model or ""] = (until, f"backing off {err.model or 'this model'} after {st.level} {cls} failures in a row")
+            return until
         return st.cool_until
 
     @staticmethod
-    def _backoff(st: AccountState, p: Profile) -> float:
+    def _backoff(st: AccountState, p: Profile, grace: int = 0) -> float:
+        """Exponential: base, 2x base, ... up to the cap; the first `grace` failures wait nothing."""
         st.level += 1
-        return min(p.cooldown_max_s, p.cooldown_base_s * (2 ** min(st.level - 1, 30)))
+        n = st.level - grace
+        if n < 1:
+            return 0.0
+        return min(p.cooldown_max_s, p.cooldown_base_s * (2 ** min(n - 1, 30)))
 
     @staticmethod
     def _reset_at(st: AccountState, err: UpstreamError, now: float) -> float | None:
@@ -359,6 +375,7 @@ class Resilience:
         for (cid, _), st in self.accounts.items():
             if wanted is None or cid in wanted:
                 st.cool_until, st.cool_kind, st.level, st.disabled_fp = 0.0, "", 0, None
+                st.model_cool.clear()
                 st.limits.learned.clear()
                 st.breaker.close()
                 n += 1

@@ -189,3 +189,6 @@ class _Cycle(Exception):
     def __init__(self, path: Iterable[str]) -> None:
         super().__init__()
         self.path = list(path)
+
+
+from . import strategies as _strategies  # noqa: E402,F401 - registers the combo strategies

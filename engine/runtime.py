@@ -98,6 +98,12 @@ class ApiKey:
     budget: Any = None  # budget.BudgetSpec
     admin: bool = False
     log_payloads: bool = False
+    rpm: int | None = None  # per-key shortcuts; they compile into policy rules
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    max_concurrent: int | None = None
+    schedule: Any = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class _Guarded:
 
 
 def register_all(router: Router, gw: Any, guard: Guard) -> None:
-    from . import usage_api
+    from . import policy_api, routing_api, usage_api
 
-    usage_api.register(_Guarded(router, guard), gw)
+    guarded = _Guarded(router, guard)
+    for module in (usage_api, routing_api, policy_api):
+        module.register(guarded, gw)

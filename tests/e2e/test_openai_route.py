@@ -130,13 +130,19 @@ def test_malformed_requests_are_400_and_never_reach_upstream(gateway: Gateway, f
     assert fake.stats()["total"] == before
 
 
-def test_upstream_errors_keep_status_and_openai_shape(gateway: Gateway) -> None:
-    with pytest.raises(openai.RateLimitError) as e:
-        client(gateway).chat.completions.create(model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[error:429]]"}])
-    assert e.value.status_code == 429 and e.value.response.headers.get("retry-after")
+def test_upstream_errors_keep_status_and_openai_shape(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory()  # its own: a 429 rightly cools the account down for the others
     with pytest.raises(openai.InternalServerError) as e2:
-        client(gateway).chat.completions.create(model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[error:500]]"}])
+        client(gw).chat.completions.create(model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[error:500]]"}])
     assert e2.value.status_code == 500
+    with pytest.raises(openai.RateLimitError) as e:
+        client(gw).chat.completions.create(model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[error:429]]"}])
+    assert e.value.status_code == 429 and e.value.response.headers.get("retry-after") == "1"
+    # the account now cools down until the upstream's Retry-After: 503 naming why, with Retry-After
+    with pytest.raises(openai.InternalServerError) as e3:
+        client(gw).chat.completions.create(model="openai/gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+    assert e3.value.status_code == 503 and "rate limited" in str(e3.value)
+    assert e3.value.response.headers.get("retry-after")
 
 
 def test_model_list_includes_models_aliases_and_combos(gateway: Gateway) -> None:

@@ -251,15 +251,19 @@ def test_5xx_and_timeouts_back_off_exponentially_up_to_the_cap_and_success_reset
         until = fail(r, conn, "a", e)
         waits.append(until - clock())
         clock.t = until
-    assert waits == [1, 2, 4, 5, 5]
+    assert waits == [0, 1, 2, 4, 5]  # a single failure is not backed off; the second in a row is
+    fail(r, conn, "a", err(500))
+    assert r.account_block(conn, "a", model="") is not None  # the failing model backs off...
+    assert r.account_block(conn, "a", model="other") is None  # ...its siblings on the account do not
     r.success(conn, conn.accounts[0])
-    assert fail(r, conn, "a", err(500)) - clock() == 1
+    assert fail(r, conn, "a", err(500)) - clock() == 0
 
 
 def test_a_success_clears_a_backoff_but_not_a_429_cooldown() -> None:
     r, _ = state()
     conn = make_conn("p")
     a = conn.accounts[0]
+    fail(r, conn, "a", err(500))
     fail(r, conn, "a", err(500))
     r.success(conn, a)  # a request that was already in flight came back fine
     assert r.account_block(conn, "a") is None
@@ -435,13 +439,14 @@ def test_reset_closes_breakers_and_clear_forgets_cooldowns_per_connection() -> N
     r, _ = state({"p": {"resilience_profile": "t"}, "q": {"resilience_profile": "t"}}, {"profiles": {"t": {"failure_threshold": 1}}})
     p, q = make_conn("p"), make_conn("q")
     fail(r, p, "a", err(500))
+    fail(r, p, "a", err(500))
     fail(r, q, "a", err(401))
     assert r.provider_block(p) is not None
     assert r.reset() == 2  # the provider breaker and the account breaker of p
     assert r.provider_block(p) is None
-    assert r.account_block(p, "a") is not None  # still backing off: reset only closes breakers
+    assert r.account_block(p, "a", model="") is not None  # still backing off: reset only closes breakers
     assert r.clear(["p"]) == 1
-    assert r.account_block(p, "a") is None
+    assert r.account_block(p, "a", model="") is None
     assert r.account_block(q, "a") is not None
     r.clear()
     assert r.account_block(q, "a") is None
