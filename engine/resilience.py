@@ -185,9 +185,9 @@ class Resilience:
         if st.cool_until > now:
             return st.cool_reason, st.cool_until
         if model is not None and st.model_cool:
-            until, reason = st.model_cool.get(model, (0.0, ""))
-            if until > now:
-                return reason, until
+            cool_until, reason = st.model_cool.get(model, (0.0, ""))
+            if cool_until > now:
+                return reason, cool_until
         if st.breaker.state != CLOSED:
             until = st.breaker.blocked_until(now, self.profile(conn.id))
             if until is not None:
