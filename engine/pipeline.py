@@ -9,6 +9,7 @@ Every attempt leaves one usage record; the one whose outcome the client got is m
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Call:
     headers_in: dict[str, str] = field(default_factory=dict)
     ip: str = ""
     rewrites: dict[str, Any] = field(default_factory=dict)  # target key -> policy decision that rewrites
+    progress: float = 0.0  # seconds between progress events; 0 = off
 
     def canonical(self) -> dict[str, Any]:
         """The canonical request, decoded on first use (the fast path never needs it)."""
@@ -110,6 +112,9 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
     meta.setdefault("model", head["model"])
     meta["include_usage"] = bool(head.get("include_usage"))
     rt = call.rt
+    if stream and call.headers_in.get("x-omniroute-progress", "").lower() == "true":
+        call.progress = float(rt.settings.get("progress_interval_s", 2.0))
+        call.headers["x-omniroute-progress"] = "enabled"
     pset = gw.policies()
     facts, first, admission = None, None, None
     if pset.rules:
@@ -282,7 +287,7 @@ async def _send(
     decision = call.rewrites.get(target.key)
     system_message = call.rt.combos[call.combo].settings.get("system_message") if call.combo else None
     passthrough = (
-        up_fmt is call.fmt and call.meta.get("framing") in (None, up_fmt.framing)
+        up_fmt is call.fmt and call.meta.get("framing") in (None, up_fmt.framing) and not call.progress
         and not system_message and not (decision is not None and decision.modifies_request)
     )
     if decision is not None and decision.tags:
@@ -492,8 +497,18 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
     started = False
     err: GatewayError | None = None
     cancelled = True
+    t0 = time.monotonic()
+
+    def progress(done: bool) -> bytes:
+        chars = sum(len(p.get("text") or "") for p in encoder.content) + len(encoder.st.get("text") or "")
+        return encoder.progress({"tokens_generated": chars // 4, "elapsed_ms": int((time.monotonic() - t0) * 1000), "done": done})
+
     try:
-        async for chunk in resp.aiter_bytes():
+        async for chunk in _ticking(resp.aiter_bytes(), call.progress):
+            if chunk is None:
+                if started:
+                    yield progress(False)
+                continue
             out = []
             for ev in decoder.feed(chunk):
                 if ev.get("type") == "error":
@@ -506,7 +521,10 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
                 b = b"".join(out)
                 watch.bytes_out += len(b)
                 yield b
-        tail = b"".join(encoder.push(ev) for ev in decoder.close()) + encoder.end()
+        tail = b"".join(encoder.push(ev) for ev in decoder.close())
+        if call.progress:
+            tail += progress(True)
+        tail += encoder.end()
         watch.bytes_out += len(tail)
         cancelled = False
         yield tail
@@ -522,6 +540,39 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
         watch.text_chars = sum(len(p.get("text") or "") for p in encoder.content) + len(encoder.st.get("text") or "")
         if started or not err:
             watch.close(err, cancelled=cancelled)
+
+
+async def _ticking(chunks: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes | None]:
+    """The chunks as they come, plus None every `interval` seconds (0: no ticks): a slow upstream
+    still lets the stream show it is alive."""
+    if not interval:
+        async for c in chunks:
+            yield c
+        return
+    it = chunks.__aiter__()
+    pending: asyncio.Future[bytes] | None = None
+    last = time.monotonic()
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(it.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, interval - (time.monotonic() - last)))
+            if not done:
+                last = time.monotonic()
+                yield None
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield chunk
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                yield None
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
 
 
 def error_response(fmt: Format, err: GatewayError, extra_headers: dict[str, str] | None = None) -> Response:

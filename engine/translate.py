@@ -40,6 +40,8 @@ class Format:
     name: str
     supports: frozenset[str]
     framing: str
+    progress_style: str
+    progress_event: Node | None
     usage_hint: str
     stream_defaults: dict[str, Any]
     done: str | None
@@ -433,6 +435,17 @@ class StreamEncoder:
         buf.append(self.writer.end())
         return b"".join(buf)
 
+    def progress(self, p: dict[str, Any]) -> bytes:
+        """A liveness event (X-OmniRoute-Progress) in the form this client format tolerates."""
+        style = self.fmt.progress_style
+        if style == "none" or (style == "comment" and self.writer.framing != "sse"):
+            return b""
+        if style == "comment" or self.fmt.progress_event is None:
+            return b": progress " + orjson.dumps(p) + b"\n\n"
+        buf: list[bytes] = []
+        self._write(self.fmt.progress_event({"p": p, "st": self.st, "meta": self.meta}), buf)
+        return b"".join(buf)
+
     def error(self, err: GatewayError) -> bytes:
         """A stream that fails after bytes reached the client ends with the format's error event."""
         e = {"status": err.status, "kind": err.kind, "message": err.message}
@@ -490,6 +503,8 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         supports=frozenset(raw.get("supports") or ()),
         framing=stream.get("framing", "sse"),
         usage_hint=stream.get("usage_hint", "usage"),
+        progress_style=(stream.get("progress") or {}).get("style", "comment" if stream.get("framing", "sse") == "sse" else "none"),
+        progress_event=node(("stream", "progress", "event"), (stream.get("progress") or {}).get("event")),
         stream_defaults=dict(req.get("stream_defaults") or {}),
         done=stream.get("done"),
         event_field=stream.get("event_field"),
