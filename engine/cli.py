@@ -33,9 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="load and compile the config and specs; print every problem")
     c.add_argument("-c", "--config", default="config.yaml")
     sub.add_parser("sql", help="read-only SQL over the usage data (see `omniroute sql --help`)", add_help=False)
-    e = sub.add_parser("explain", help="show the route plan for a model")
+    e = sub.add_parser("explain", help="show the route plan for a model: policies, attempts, skips")
     e.add_argument("-c", "--config", default="config.yaml")
     e.add_argument("model")
+    e.add_argument("--key", help="API key name the request would use (for policies)")
+    e.add_argument("--needs", help="capabilities the request needs: tools,vision,reasoning")
+    e.add_argument("--input-tokens", help="estimated input size")
+    e.add_argument("--max-tokens", help="max output tokens asked")
+    e.add_argument("--stream", action="store_true", help="a streaming request")
+    e.add_argument("--json", action="store_true", help="print the plan as JSON")
     return p
 
 
@@ -53,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args.host, args.port, args.workers)
     if args.command == "explain":
-        return _explain(args.config, args.model)
+        query = {"model": args.model, "key": args.key, "needs": args.needs, "input_tokens": args.input_tokens,
+                 "max_tokens": args.max_tokens, "stream": "true" if args.stream else None, "json": "1" if args.json else None}
+        return _explain(args.config, {k: v for k, v in query.items() if v})
     return 2
 
 
@@ -152,24 +160,43 @@ def _demo(host: str | None, port: int | None, workers: int | None) -> int:
         return _serve(str(DEMO_CONFIG), host, port, workers, DEMO_BANNER)
 
 
-def _explain(config: str, model: str) -> int:
+def _explain(config: str, query: dict[str, str]) -> int:
     rt = _load(config)
     if rt is None:
         return 1
-    from .errors import GatewayError
-    from .routing import resolve
+    import json
 
+    from .admin.routing_api import explain_route
+    from .errors import GatewayError
+    from .policy import compile_policies
+    from .resilience import Resilience
+    from .strategies import RoutingStats
+
+    resilience = Resilience()
+    resilience.configure(rt)
+    policies = compile_policies(rt.raw_config.get("policies"), rt.keys, lambda p, m: None, config_validated=True)
     try:
-        res = resolve(rt, model)
-    except GatewayError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        plan = explain_route(rt, resilience, RoutingStats(), policies, query)
+    except (GatewayError, ValueError) as e:
+        print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 1
-    print(f"{model}: {'combo ' + res.combo.name + ' (' + res.combo.strategy + ')' if res.combo else 'direct'}")
-    if res.chain:
-        print(f"  via: {' -> '.join(res.chain)}")
-    for i, t in enumerate(res.targets, 1):
-        accounts = ", ".join(a.label for a in t.connection.accounts)
-        print(f"  {i}. {t.key}  format={t.connection.format.id}  accounts=[{accounts}]{'' if t.model.known else '  (model not in spec: unpriced)'}")
+    if query.get("json"):
+        print(json.dumps(plan, indent=2, default=str))
+        return 0
+    head = f"combo {plan['combo']} ({plan['strategy']})" if plan["combo"] else "direct"
+    print(f"{plan['model']}: {head}" + (f", routed to {plan['routed_to']} by policy" if plan["routed_to"] else ""))
+    if plan["chain"]:
+        print(f"  via: {' -> '.join(plan['chain'])}")
+    for rule in plan["policies"]:
+        if rule.get("matched"):
+            actions = "; ".join(f"{k} {json.dumps(v)}" for k, v in (rule.get("actions") or {}).items())
+            print(f"  policy '{rule.get('rule')}' matched: {actions or 'no action'}")
+    if plan["denied"]:
+        print(f"  DENIED: {plan['denied']}")
+    for a in plan["attempts"]:
+        usable = ", ".join(f"{x['label']}{'' if x['usable'] else ' (' + str(x['why']) + ')'}" for x in a["accounts"])
+        skip = f"  SKIPPED: {a['skipped']}" if a["skipped"] else ""
+        print(f"  {a['position']}. {a['key']}  format={a['format']}  accounts=[{usable}]{skip}")
     return 0
 
 

@@ -164,24 +164,10 @@ def register(router: Any, gw: Any) -> None:
         return {"combos": out}
 
     async def route_explain(req: Request) -> Any:
-        model = req.query.get("model")
-        if not model:
-            raise BadRequest("give the model to explain: /api/route/explain?model=<name>")
-        needs = {n.strip() for n in (req.query.get("needs") or "").split(",") if n.strip()}
-        bad = sorted(needs - set(CAPABILITY_NEEDS))
-        if bad:
-            raise BadRequest(f"unknown need '{bad[0]}' (valid values: {', '.join(CAPABILITY_NEEDS)})")
-        input_tokens = _int_param(req, "input_tokens") or 0
-        max_tokens = _int_param(req, "max_tokens")
-        stats: RoutingStats = gw.routing_stats.preview()  # show the next order without consuming it
-        info = {"stats": stats, "input_tokens": input_tokens, "max_tokens": max_tokens, "needs": needs}
-        res = resolve(gw.runtime, model, info, order=True)
-        settings = _plain(res.combo.settings) if res.combo else {}
-        return {
-            "model": model, "combo": res.combo.name if res.combo else None,
-            "strategy": res.combo.strategy if res.combo else None, "chain": res.chain, "settings": settings,
-            "attempts": explain(res.targets, settings, gw.resilience, needs, input_tokens, max_tokens),
-        }
+        try:
+            return explain_route(gw.runtime, gw.resilience, gw.routing_stats.preview(), gw.policies(), dict(req.query))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
 
     route("GET", "/api/resilience", get_resilience)
     route("PUT", "/api/resilience", put_resilience)
@@ -192,3 +178,40 @@ def register(router: Any, gw: Any) -> None:
     route("POST", "/api/models/availability", clear)
     route("GET", "/api/combos", combos)
     route("GET", "/api/route/explain", route_explain)
+
+
+def explain_route(rt: Any, resilience: Any, stats: RoutingStats, policies: Any, query: Mapping[str, str]) -> dict[str, Any]:
+    """The route plan for a model as data: policy rules that matched and what they did, then the
+    ordered attempts with the reason for each skip. Shared by the API and `omniroute explain`."""
+    model = query.get("model")
+    if not model:
+        raise ValueError("give the model to explain: model=<name>")
+    needs = {n.strip() for n in (query.get("needs") or "").split(",") if n.strip()}
+    bad = sorted(needs - set(CAPABILITY_NEEDS))
+    if bad:
+        raise ValueError(f"unknown need '{bad[0]}' (valid values: {', '.join(CAPABILITY_NEEDS)})")
+    try:
+        input_tokens = int(query.get("input_tokens") or 0)
+        max_tokens = int(query["max_tokens"]) if query.get("max_tokens") else None
+    except ValueError:
+        raise ValueError("input_tokens and max_tokens must be whole numbers") from None
+    rules: list[dict[str, Any]] = []
+    routed = model
+    denied = None
+    if policies is not None and policies.rules:
+        from engine.policy_match import facts_from_mapping
+
+        facts = facts_from_mapping({k: v for k, v in query.items() if k not in ("needs", "json")})
+        first = policies.evaluate(facts)
+        rules = first.trace
+        routed = first.route or model
+        denied = first.deny.message if first.denied and first.deny else None
+    info = {"stats": stats, "input_tokens": input_tokens, "max_tokens": max_tokens, "needs": needs}
+    res = resolve(rt, routed, info, order=True)
+    settings = _plain(res.combo.settings) if res.combo else {}
+    return {
+        "model": model, "routed_to": routed if routed != model else None, "denied": denied, "policies": rules,
+        "combo": res.combo.name if res.combo else None, "strategy": res.combo.strategy if res.combo else None,
+        "chain": res.chain, "settings": settings,
+        "attempts": explain(res.targets, settings, resilience, needs, input_tokens, max_tokens),
+    }

@@ -78,3 +78,21 @@ def test_fingerprint_changes_with_config(tmp_path: Path) -> None:
     a = build(write(tmp_path, "aliases: {}\n"), env={})
     b = build(write(tmp_path, "aliases: {}\nsettings: {strict_translation: true}\n"), env={})
     assert a.fingerprint != b.fingerprint and b.strict
+
+
+def test_explain_cli_shows_policies_order_and_skips(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = write(
+        tmp_path,
+        "providers:\n  openai: {api_key: k}\n  anthropic: {api_key: k}\n"
+        "combos:\n  c: {strategy: cost-optimized, targets: [anthropic/claude-sonnet-4-5, openai/gpt-4.1-nano, openai/gpt-4.1]}\n"
+        "policies:\n  - {name: cap, match: {field: model, eq: c}, cap: {max_tokens: 100}}\n",
+    )
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "explain", "-c", str(cfg), "c"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0] == "c: combo c (cost-optimized)"
+    assert "policy 'cap' matched: cap {\"max_tokens\": 100}" in out
+    order = [line.split()[1] for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert order == ["openai/gpt-4.1-nano", "openai/gpt-4.1", "anthropic/claude-sonnet-4-5"]  # cheapest first
