@@ -56,16 +56,16 @@ async def _json_body(req: Request) -> Any:
         raise BadRequest("the body must be JSON")
 
 
-def _int_param(req: Request, name: str) -> int | None:
-    raw = req.query.get(name)
+def _int_param(req: Request | Mapping[str, str], name: str) -> int | None:
+    raw = (req if isinstance(req, Mapping) else req.query).get(name)
     if raw in (None, ""):
         return None
     try:
         n = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a whole number of tokens, got {raw!r}")
+        raise ValueError(f"{name} must be a whole number of tokens, got {raw!r}")
     if n < 0:
-        raise BadRequest(f"{name} must be >= 0, got {n}")
+        raise ValueError(f"{name} must be >= 0, got {n}")
     return n
 
 
@@ -165,7 +165,8 @@ def register(router: Any, gw: Any) -> None:
 
     async def route_explain(req: Request) -> Any:
         try:
-            return explain_route(gw.runtime, gw.resilience, gw.routing_stats.preview(), gw.policies(), dict(req.query))
+            policies = gw.policies() if hasattr(gw, "policies") else None
+            return explain_route(gw.runtime, gw.resilience, gw.routing_stats.preview(), policies, dict(req.query))
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
@@ -185,16 +186,13 @@ def explain_route(rt: Any, resilience: Any, stats: RoutingStats, policies: Any, 
     ordered attempts with the reason for each skip. Shared by the API and `omniroute explain`."""
     model = query.get("model")
     if not model:
-        raise ValueError("give the model to explain: model=<name>")
+        raise ValueError("give the model to explain: /api/route/explain?model=<name>")
     needs = {n.strip() for n in (query.get("needs") or "").split(",") if n.strip()}
     bad = sorted(needs - set(CAPABILITY_NEEDS))
     if bad:
         raise ValueError(f"unknown need '{bad[0]}' (valid values: {', '.join(CAPABILITY_NEEDS)})")
-    try:
-        input_tokens = int(query.get("input_tokens") or 0)
-        max_tokens = int(query["max_tokens"]) if query.get("max_tokens") else None
-    except ValueError:
-        raise ValueError("input_tokens and max_tokens must be whole numbers") from None
+    input_tokens = _int_param(query, "input_tokens") or 0
+    max_tokens = _int_param(query, "max_tokens")
     rules: list[dict[str, Any]] = []
     routed = model
     denied = None
