@@ -8,6 +8,7 @@ here asserts; it reports.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -108,7 +109,7 @@ def thin_section(seconds: float) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(prog="tools.bench")
     p.add_argument("--seconds", type=float, default=3.0, help="duration of each load step")
-    p.add_argument("--only", choices=["thin", "proxy", "translate", "usage"], help="run one section")
+    p.add_argument("--only", choices=["thin", "proxy", "translate", "routing", "policy", "cache", "usage"], help="run one section")
     args = p.parse_args()
     print(f"omniroute benchmark (python {sys.version.split()[0]})")
     if args.only in (None, "thin"):
@@ -119,14 +120,15 @@ def main() -> int:
         from tools.bench import translate_bench
 
         translate_bench.main()
-    if args.only in (None, "usage"):
+    sections = {"routing": "Routing decision", "policy": "Policy evaluation", "cache": "Response cache", "usage": "Usage analytics"}
+    for name, title in sections.items():
+        if args.only not in (None, name):
+            continue
         try:
-            from tools.bench import usage_bench
+            module = importlib.import_module(f"tools.bench.{name}_bench")
         except ImportError:
-            pass
-        else:
-            rows = usage_bench.run()
-            table("Usage analytics", [tuple(r) for r in rows], ("figure", "measured", "target"))
+            continue
+        table(title, [tuple(r) for r in module.run()], ("figure", "measured", "target"))
     return 0
 
 
