@@ -71,6 +71,7 @@ class Upstream:
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._prepared: dict[tuple[object, ...], tuple[httpx.URL, dict[str, str]]] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -91,15 +92,24 @@ class Upstream:
         if ep is None:
             raise UpstreamError(f"provider '{conn.id}' has no {endpoint} endpoint", status=400, retryable=True, provider=conn.id)
         path = ep.get("stream_path") if stream and ep.get("stream_path") else ep["path"]
-        path = path.replace("{model}", quote(model.upstream or model.id, safe=""))
-        headers = dict(conn.headers)
-        query: dict[str, str] = {}
-        AUTH_KINDS[conn.spec.auth["kind"]](headers, query, dict(conn.spec.auth), account.api_key)
+        upstream_model = model.upstream or model.id
+        # URL parsing and header assembly cost more than the rest of the request: done once per
+        # (where, who) and reused. The key holds only values, so a reload can never see stale ones.
+        key = (conn.base_url, path, upstream_model, account.api_key, conn.spec.auth.get("kind"), tuple(conn.headers.items()), stream)
+        hit = self._prepared.get(key)
+        if hit is None:
+            headers = dict(conn.headers)
+            query: dict[str, str] = {}
+            AUTH_KINDS[conn.spec.auth["kind"]](headers, query, dict(conn.spec.auth), account.api_key)
+            headers["accept"] = "text/event-stream" if stream else "application/json"
+            url = httpx.URL(conn.base_url + path.replace("{model}", quote(upstream_model, safe="")), params=query or None)
+            if len(self._prepared) > 4096:
+                self._prepared.clear()
+            hit = self._prepared[key] = (url, headers)
+        url, headers = hit
         if body is not None:
-            headers["content-type"] = "application/json"
-        headers["accept"] = "text/event-stream" if stream else "application/json"
-        url = conn.base_url + path
-        return self.client.build_request(ep.get("method", method), url, content=body, headers=headers, params=query or None)
+            headers = {**headers, "content-type": "application/json"}
+        return httpx.Request(ep.get("method", method), url, content=body, headers=headers)
 
     async def send(self, request: httpx.Request, conn: Connection, model: Model, attempt: int) -> httpx.Response:
         """Send and return once headers arrived (the body streams). Maps every transport failure."""
