@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,7 +32,7 @@ ANSWER_FIELDS = (
     "system", "messages", "tools", "tool_choice", "temperature", "top_p", "top_k", "max_tokens", "stop",
     "seed", "n", "response_format", "reasoning", "parallel_tool_calls",
 )
-_FLOAT_FIELDS = frozenset(("temperature", "top_p"))  # 0 and 0.0 are the same setting
+_FLOAT_FIELDS = ("temperature", "top_p")  # 0 and 0.0 are the same setting
 _SORTED = orjson.OPT_SORT_KEYS
 
 
@@ -40,14 +40,11 @@ def cache_key(req: Mapping[str, Any], model: str, scope: str | None) -> str:
     """Digest of the answer-changing fields of canonical request `req`, the resolved `model` and the
     caller's `scope` (API key name; None or "" for anonymous). Absent, None and empty values are the
     same; an integer temperature or top_p equals the same float."""
-    parts: dict[str, Any] = {}
-    for f in ANSWER_FIELDS:
-        v = req.get(f)
-        if v is None or v == "" or v == []:
-            continue
-        if f in _FLOAT_FIELDS and type(v) is int:
-            v = float(v)
-        parts[f] = v
+    get = req.get
+    parts = {f: v for f in ANSWER_FIELDS if (v := get(f)) is not None and v != "" and v != []}
+    for f in _FLOAT_FIELDS:
+        if type(parts.get(f)) is int:
+            parts[f] = float(parts[f])
     blob = orjson.dumps((scope or "", model, parts), option=_SORTED)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
@@ -258,7 +255,18 @@ class SemanticIndex:
                 del self._scopes[entry[0]]
 
 
-from .cache_store import ResponseCache  # noqa: E402  (re-export: one import for the pipeline)
+if TYPE_CHECKING:
+    from .cache_store import ResponseCache
+
+
+def __getattr__(name: str) -> Any:
+    """`from engine.cache import ResponseCache` works too (the store imports this module, so the
+    re-export is resolved on first use rather than at import)."""
+    if name == "ResponseCache":
+        from .cache_store import ResponseCache
+
+        return ResponseCache
+    raise AttributeError(f"module 'engine.cache' has no attribute '{name}'")
 
 __all__ = [
     "ANSWER_FIELDS", "CacheRules", "ResponseCache", "SemanticIndex", "cache_key", "cacheable",

@@ -26,12 +26,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from .cache import CacheRules
+from .cache import CacheRules, SemanticIndex, storable
 
 log = logging.getLogger("omniroute.cache")
 _OVERHEAD = 96  # bytes counted per memory entry besides the answer: key, tuple, dict slot
@@ -193,8 +192,6 @@ class ResponseCache:
 
     def configure(self, rules: CacheRules) -> None:
         """Apply new rules (config reload): bounds shrink at once, the semantic index follows."""
-        from .cache import SemanticIndex
-
         self.rules = rules
         with self._lock:
             self._evict()
@@ -233,8 +230,6 @@ class ResponseCache:
 
     def put(self, key: str, response: dict[str, Any], model: str) -> bool:
         """Store a complete canonical response; False when the rules refuse it (see cache.storable)."""
-        from .cache import storable
-
         if not self.rules.enabled or not storable(response, self.rules):
             return False
         body = orjson.dumps(response)
