@@ -74,7 +74,7 @@ class Gateway:
         from .budget import BudgetBook
 
         self.budgets = BudgetBook(_data_path(self.runtime))
-        if self.usage is not None:
+        if self.usage is not None and (any(k.budget for k in self.runtime.keys.values()) or self.budgets.overrides()):
             try:
                 self.budgets.rebuild(self.usage)
             except Exception as e:

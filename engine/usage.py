@@ -37,10 +37,12 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import orjson
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger("omniroute.usage")
 
@@ -209,6 +211,8 @@ def _close_at_exit(ref: weakref.ref[UsageStore]) -> None:
 
 
 def _is_lock_error(e: BaseException) -> bool:
+    import duckdb  # imported on first use: an idle gateway does not pay its memory
+
     return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
 
 
@@ -354,6 +358,8 @@ class UsageStore:
         files = self._pending(slot)
         if not files:
             return 0
+        import duckdb  # first use here: an idle gateway does not pay its memory
+
         if self._con is None:
             self._con = duckdb.connect(":memory:")
         con = self._con
@@ -383,6 +389,8 @@ class UsageStore:
         return 0
 
     def _insert(self, con: duckdb.DuckDBPyConnection, files: list[Path], mark: int) -> None:
+        import duckdb
+
         usage = [str(f) for f in files if f.name.endswith(".usage.ndjson")]
         audit = [str(f) for f in files if f.name.endswith(".audit.ndjson")]
         for attempt in (1, 2):
