@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .canonical import clean_usage, merge_usage, normalize_response
+
 # Canonical request fields that change the answer. Not part of the key: model (passed in resolved),
 # stream, include_usage, user, metadata.
 ANSWER_FIELDS = (
@@ -156,6 +158,57 @@ def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
+class ResponseAssembler:
+    """Canonical stream events -> the canonical response they carried, for storing a stream that
+    was relayed untranslated (the fast path has no encoder that assembles it). `response()` is
+    None unless the stream finished cleanly: a partial or failed stream is never cached."""
+
+    __slots__ = ("_tools", "content", "failed", "id", "model", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.model: str | None = None
+        self.content: list[dict[str, Any]] = []
+        self.usage = clean_usage(None)
+        self.stop_reason: str | None = None
+        self.failed = False
+        self._tools: dict[Any, dict[str, Any]] = {}
+
+    def push(self, ev: dict[str, Any]) -> None:
+        t = ev.get("type")
+        if t == "text" or t == "thinking":
+            last = self.content[-1] if self.content else None
+            if last is None or last["type"] != t or (t == "thinking" and last.get("signature")):
+                last = {"type": t, "text": ""}
+                self.content.append(last)
+            last["text"] += ev.get("text") or ""
+            if t == "thinking" and ev.get("signature"):
+                last["signature"] = ev["signature"]
+        elif t == "tool_start":
+            part: dict[str, Any] = {"type": "tool_call", "id": ev.get("id"), "name": ev.get("name"), "arguments": ""}
+            self._tools[ev.get("index")] = part
+            self.content.append(part)
+        elif t == "tool_args":
+            tool = self._tools.get(ev.get("index"))
+            if tool is not None:
+                tool["arguments"] += ev.get("delta") or ""
+        elif t == "usage":
+            merge_usage(self.usage, ev)
+        elif t == "finish":
+            self.stop_reason = ev.get("stop_reason") or "stop"
+        elif t == "error":
+            self.failed = True
+        elif t == "start":
+            self.id = ev.get("id") or self.id
+            self.model = ev.get("model") or self.model
+
+    def response(self) -> dict[str, Any] | None:
+        if self.failed or self.stop_reason is None or self.stop_reason == "error":
+            return None
+        return normalize_response({"id": self.id, "model": self.model, "content": [dict(p) for p in self.content],
+                                   "stop_reason": self.stop_reason, "usage": dict(self.usage)})
+
+
 # ------------------------------------------------------------------ semantic tier
 
 
@@ -269,6 +322,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'engine.cache' has no attribute '{name}'")
 
 __all__ = [
-    "ANSWER_FIELDS", "CacheRules", "ResponseCache", "SemanticIndex", "cache_key", "cacheable",
+    "ANSWER_FIELDS", "CacheRules", "ResponseAssembler", "ResponseCache", "SemanticIndex", "cache_key", "cacheable",
     "events_from_response", "last_user_text", "semantic_scope", "storable",
 ]

@@ -12,6 +12,7 @@ import pytest
 
 from engine.cache import (
     CacheRules,
+    ResponseAssembler,
     ResponseCache,
     SemanticIndex,
     cache_key,
@@ -23,7 +24,7 @@ from engine.cache import (
 from engine.compile import BUILTIN_SPECS
 from engine.source import load_file, schema, validate
 from engine.stream import parser_for
-from engine.translate import Format, StreamEncoder, compile_format
+from engine.translate import Format, compile_format
 from tools.fake_upstream.behaviour import embedding
 
 MODEL = "openai/gpt-4.1"
@@ -299,7 +300,7 @@ def _carried(r: dict[str, Any], fid: str) -> dict[str, Any]:
         if p["type"] == "tool_call" and fid in ("gemini", "ollama"):
             p["id"] = "*"
         if p["type"] == "thinking" and fid in ("openai-chat", "ollama"):
-            p["signature"] = None
+            del p["signature"]
     if fid == "ollama":
         r["usage"]["reasoning_tokens"] = 0
     return r
@@ -318,11 +319,12 @@ def test_replayed_stream_parses_back_to_the_same_answer(fid: str) -> None:
         assert any(e == "response.completed" for e, _ in frames)
         return
     dec = fmt.decoder()
-    back = StreamEncoder(fmt, {"id": "r1", "model": "gpt-4.1"})
+    back = ResponseAssembler()
     for ev in dec.feed(raw) + dec.close():
         back.push(ev)
-    back.end()
     got = back.response()
+    assert got is not None
+    got["id"] = "r1"  # the wire id carries a format prefix (chatcmpl-, msg_)
     for p in got["content"]:
         if p["type"] == "tool_call" and fid in ("gemini", "ollama"):
             p["id"] = "*"
@@ -333,6 +335,27 @@ def test_replay_events_of_a_plain_answer() -> None:
     evs = events_from_response(resp())
     assert [e["type"] for e in evs] == ["start", "text", "usage", "finish"]
     assert evs[-1] == {"type": "finish", "stop_reason": "stop"}
+
+
+def test_assembler_rebuilds_the_answer_and_refuses_partial_streams() -> None:
+    whole = ResponseAssembler()
+    for ev in events_from_response(ANSWER):
+        whole.push(ev)
+    assert whole.response() == ANSWER
+    split = ResponseAssembler()
+    for ev in [{"type": "start", "id": "x"}, {"type": "text", "text": "Par"}, {"type": "text", "text": "is."},
+               {"type": "tool_start", "index": 0, "id": "c", "name": "f"}, {"type": "tool_args", "index": 0, "delta": '{"a"'},
+               {"type": "tool_args", "index": 0, "delta": ":1}"}]:
+        split.push(ev)
+    assert split.response() is None  # no finish yet: a partial stream
+    split.push({"type": "finish", "stop_reason": "stop"})
+    got = split.response()
+    assert got is not None and got["stop_reason"] == "tool_calls"
+    assert got["content"] == [{"type": "text", "text": "Paris."}, {"type": "tool_call", "id": "c", "name": "f", "arguments": '{"a":1}'}]
+    failed = ResponseAssembler()
+    for ev in [{"type": "text", "text": "x"}, {"type": "error", "kind": "server", "message": "boom"}, {"type": "finish"}]:
+        failed.push(ev)
+    assert failed.response() is None
 
 
 # ------------------------------------------------------------------ semantic tier
