@@ -4,6 +4,9 @@ client format, and the semantic index with the fake upstream's deterministic emb
 from __future__ import annotations
 
 import copy
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +221,46 @@ def test_memory_miss_reads_what_another_worker_wrote(make: Any) -> None:
     a.put("shared", resp(), MODEL)
     a.flush()
     assert b.get("shared") == resp()
+
+
+def test_concurrent_writers_share_one_file(make: Any) -> None:
+    caches = [make(), make()]
+
+    def fill(c: ResponseCache, tag: str) -> None:
+        for i in range(200):
+            c.put(f"{tag}{i}", resp(f"{tag}{i}"), MODEL)
+
+    threads = [threading.Thread(target=fill, args=(c, tag)) for c, tag in zip(caches, "ab", strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in caches:
+        c.flush()
+    assert caches[0].stats()["dbSize"] == 400
+    assert make(max_entries=0).get("b150") == resp("b150")
+
+
+def test_expired_rows_are_purged_in_the_background(tmp_path: Path, clock: Clock) -> None:
+    cache = ResponseCache(tmp_path, CacheRules(ttl_s=10), clock, purge_every_s=0.02)
+    try:
+        cache.put("old", resp(), MODEL)
+        cache.flush()
+        clock.t += 11
+        deadline = time.monotonic() + 5
+        while _rows(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _rows(tmp_path) == 0
+    finally:
+        cache.close()
+
+
+def _rows(data_dir: Path) -> int:
+    conn = sqlite3.connect(data_dir / "cache.sqlite3")
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_hits_return_fresh_copies(make: Any) -> None:
