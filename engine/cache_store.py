@@ -181,7 +181,7 @@ class ResponseCache:
         self._lock = threading.Lock()  # the admin API clears from a worker thread
         self.hits = 0
         self.misses = 0
-        self.semantic: Any = None
+        self.semantic: SemanticIndex | None = None
         self._disk: _Disk | None = None
         if data_dir is not None:
             try:
