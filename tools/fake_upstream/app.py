@@ -9,8 +9,12 @@ Routes (stats ids in brackets):
                    [gemini.stream], :countTokens [gemini.count_tokens], :embedContent [gemini.embed],
                    :batchEmbedContents [gemini.batch_embed]; GET models [gemini.models],
                    GET models/{m} [gemini.model]
+                   POST audio/transcriptions [openai.transcriptions] (multipart upload)
     /ollama        POST api/chat [ollama.chat], POST api/embed [ollama.embed], GET api/tags
                    [ollama.tags], GET api/version [ollama.version]
+    /deepgram      POST v1/listen [deepgram.listen] (raw audio body, `Token` auth)
+    /assemblyai    POST v2/upload [assemblyai.upload], POST v2/transcript [assemblyai.transcript],
+                   GET v2/transcript/{id} [assemblyai.poll]
 Control, no prefix:
     GET /_stats    {"counts": {route: n}, "total": n, "requests": [last 200, secrets redacted]}
     POST /_reset   clear stats and scripts
@@ -36,7 +40,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from . import anthropic, gemini, ollama, openai
+from . import anthropic, assemblyai, deepgram, gemini, ollama, openai, openai_audio
 from .behaviour import PNG
 from .wire import SECRET_HEADERS, Reply, Request, header_list, json_reply
 
@@ -44,12 +48,18 @@ Handler = Callable[[Request], Awaitable[Reply]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
-PROVIDERS: dict[str, Any] = {"openai": openai, "anthropic": anthropic, "gemini": gemini, "ollama": ollama}
+PROVIDERS: dict[str, Any] = {
+    "openai": openai, "anthropic": anthropic, "gemini": gemini, "ollama": ollama, "deepgram": deepgram,
+    "assemblyai": assemblyai,
+}  # fmt: skip
 ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {
     **openai.ROUTES,
+    **openai_audio.ROUTES,
     **anthropic.ROUTES,
     **gemini.ROUTES,
     **ollama.ROUTES,
+    **deepgram.ROUTES,
+    **assemblyai.ROUTES,
 }
 RECENT = 200
 # Lets the launcher tell its own server from anything else that grabbed the same port.
@@ -167,7 +177,11 @@ async def handle(method: str, req: Request) -> Reply:
     if entry is not None:
         route, handler = entry
     else:
-        dynamic = gemini.match(method, req.path) if req.path.startswith(gemini.PREFIX) else None
+        dynamic = (
+            gemini.match(method, req.path) if req.path.startswith(gemini.PREFIX)
+            else assemblyai.match(method, req.path) if req.path.startswith(assemblyai.PREFIX)
+            else None
+        )  # fmt: skip
         if dynamic is None:
             answer = await control(method, req)
             if answer is not None:
@@ -180,7 +194,9 @@ async def handle(method: str, req: Request) -> Reply:
         route, handler, req.params = dynamic
     req.route = route
     body = req.json
-    req.model = req.params.get("model") or (body.get("model") if isinstance(body, dict) else None)
+    req.model = (
+        req.params.get("model") or (body.get("model") if isinstance(body, dict) else None) or req.query.get("model")
+    )
     STATE.record(route, req)
     provider = PROVIDERS[route.split(".", 1)[0]]
 
