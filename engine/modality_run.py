@@ -134,7 +134,7 @@ def _fitting(call: Call, res: Any, facts: Any, first: Any) -> list[Target]:
         elif model.known and model.type != m.model_type:
             same = [f"{conn.id}/{mid}" for mid, x in conn.models.items() if x.type == m.model_type][:5]
             hint = f" (for example: {', '.join(same)})" if same else ""
-            why.append(f"model '{t.key}' is a {model.type} model; {m.path} needs an {m.model_type} model{hint}")
+            why.append(f"model '{t.key}' is {_a(model.type)} model; {m.path} needs {_a(m.model_type)} model{hint}")
         elif first is not None and first.pending and (d := call.gw.policies().evaluate(
                 facts.with_target(t.key, conn.id, call.combo), prior=first)).denied:
             denial = denial or d
@@ -146,6 +146,10 @@ def _fitting(call: Call, res: Any, facts: Any, first: Any) -> list[Target]:
     if denial is not None:
         raise denial.error()
     raise ClientError(why[0] if len(why) == 1 else f"no target of '{res.requested}' can serve {m.path}: {'; '.join(why)}", param="model")
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in ("a", "e", "i", "o", "u") else f"a {word}"
 
 
 def _estimate_tokens(req: dict[str, Any]) -> int:
@@ -296,7 +300,7 @@ _STEPS: dict[int, tuple[Format, tuple[Step, ...]]] = {}
 
 def upstream_format(rt: Runtime, conn: Connection, modality: str) -> Format:
     """The format `conn` speaks for `modality` (see the module docstring for the order)."""
-    fid = conn.spec.endpoints[modality].get("format")
+    fid = (conn.spec.endpoints.get(modality) or {}).get("format")
     if fid:
         fmt = rt.formats.get(fid)
         if fmt is None:
