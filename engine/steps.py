@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -86,7 +86,7 @@ class Outgoing:
 Exchange = Callable[[Outgoing], Awaitable[Any]]
 
 
-def compile_steps(raw: list[Mapping[str, Any]], where: str = "steps") -> tuple[Step, ...]:
+def compile_steps(raw: Sequence[Mapping[str, Any]], where: str = "steps") -> tuple[Step, ...]:
     """Compile validated `steps:`. Raises ExprError naming the step and field to fix, including a
     path variable that no earlier step extracts."""
     out: list[Step] = []

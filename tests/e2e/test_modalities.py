@@ -157,14 +157,14 @@ def test_model_lists(gw: Gateway) -> None:
 
 def test_images_url_and_b64_json(gw: Gateway) -> None:
     c = client(gw)
-    out = c.images.generate(model="openai/dall-e-3", prompt="a red square", n=2, size="1024x1024", response_format="url")
-    assert len(out.data) == 2 and out.data[0].url and out.data[0].url.startswith("http")
-    assert out.data[0].revised_prompt == "a red square"
-    out = c.images.generate(model="openai/dall-e-3", prompt="a red square", response_format="b64_json")
-    assert base64.b64decode(out.data[0].b64_json or "").startswith(b"\x89PNG")
+    data = c.images.generate(model="openai/dall-e-3", prompt="a red square", n=2, size="1024x1024", response_format="url").data or []
+    assert len(data) == 2 and (data[0].url or "").startswith("http")
+    assert data[0].revised_prompt == "a red square"
+    data = c.images.generate(model="openai/dall-e-3", prompt="a red square", response_format="b64_json").data or []
+    assert base64.b64decode(data[0].b64_json or "").startswith(b"\x89PNG")
     # gpt-image models only answer base64; a client that asked for url gets a data URL
-    out = c.images.generate(model="openai/gpt-image-1", prompt="a red square", response_format="url")
-    assert (out.data[0].url or "").startswith("data:image/png;base64,")
+    data = c.images.generate(model="openai/gpt-image-1", prompt="a red square", response_format="url").data or []
+    assert (data[0].url or "").startswith("data:image/png;base64,")
     rows = usage_rows(gw, "openai/dall-e-3", "image")
     assert rows[0]["images"] == 2 and rows[0]["status"] == 200
 

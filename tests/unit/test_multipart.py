@@ -46,7 +46,7 @@ def test_any_chunking_gives_the_same_form(size: int) -> None:
 
 def test_a_large_file_spools_to_disk_and_stays_whole() -> None:
     big = b"\x01\x02" * (700 * 1024)
-    fields, upload = parse(form(("file", "a.wav", big)), size=65536, limit=2 << 20)
+    _, upload = parse(form(("file", "a.wav", big)), size=65536, limit=2 << 20)
     assert upload is not None and upload.size == len(big)
     assert getattr(upload.file, "_rolled", True)  # past 1 MiB it is a temp file, not memory
     assert upload.file.read() == big

@@ -38,7 +38,7 @@ class Script:
                                      sleep=self.sleep, clock=lambda: self.now))
 
 
-JOB = [
+JOB: list[dict[str, Any]] = [
     {"name": "upload", "path": "/v2/upload", "send": "audio", "extract": {"url": "src.upload_url"}},
     {"name": "create", "path": "/v2/jobs", "body": {"$merge": ["enc", {"audio_url": "vars.url"}]}, "extract": {"id": "src.id"}},
     {"name": "poll", "method": "GET", "path": "/v2/jobs/{id}", "until": "src.status == 'done'",
