@@ -17,6 +17,7 @@ from . import __version__
 from .errors import ClientError, GatewayError, OmniError
 from .gateway import Gateway
 from .http import BodyTooLarge, JSONResponse, Receive, Request, Response, Router, Scope, Send
+from .idempotency import Replay, key_from_headers, request_digest
 from .pipeline import Call, error_class, error_response, json_error, run_chat, run_count_tokens
 
 ChatMeta = Callable[[Request], dict[str, Any]]
@@ -103,6 +104,9 @@ class App:
         from .admin import register_all
 
         register_all(r, self.gw, self.admin)
+        from .modalities import register as register_modalities
+
+        register_modalities(r, self.gw)
 
     def admin(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a management handler with the admin check."""
@@ -123,13 +127,28 @@ class App:
             fmt = rt.formats.get(fmt_id)
             if fmt is None:
                 return JSONResponse({"error": {"message": f"the {fmt_id} format is not installed", "type": "not_found"}}, 404)
-            call: Call | None = None
             try:
                 key = gw.authenticate(req, rt)
                 try:
                     raw = await req.body(rt.server.max_body_bytes)
                 except BodyTooLarge as e:
                     raise ClientError(str(e), status=413) from None
+                ikey = key_from_headers(req.headers)
+                if ikey is not None:
+                    got = await gw.idempotency.begin(key.name if key else None, ikey, request_digest(req.method, req.path, raw))
+                    if isinstance(got, Replay):
+                        return got.response()
+                    with got:
+                        return got.wrap(await handle_once(req, rt, fmt, key, raw))
+                return await handle_once(req, rt, fmt, key, raw)
+            except GatewayError as e:
+                return error_response(fmt, e)
+
+        async def handle_once(req: Request, rt: Any, fmt: Any, key: Any, raw: bytes) -> Response:
+            """One request after authentication; every error becomes an answer in the client's
+            format here, so an idempotent duplicate replays that same answer."""
+            call: Call | None = None
+            try:
                 body = parse_json(raw)
                 call = Call(gw.request_id(), rt, fmt, req.path, key, body, meta(req), bytes_in=len(raw), headers_in=req.headers, ip=req.client)
                 if pin:

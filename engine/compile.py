@@ -359,6 +359,12 @@ def _check_policies_and_resilience(b: _Build, doc: Doc, rt: Runtime) -> None:
 
     for path, msg in check_config(doc.data):
         b.problems.append(doc.problem(path, msg))
+    from .cache import CacheRules
+
+    try:
+        CacheRules.from_config(doc.data.get("cache"))
+    except ValueError as e:
+        b.problems.append(doc.problem(("cache", "semantic"), str(e)))
     pset = compile_policies(doc.data.get("policies"), rt.keys, lambda p, m: b.problems.append(doc.problem(p, m)), config_validated=True)
     for path, model in pset.route_targets():
         try:

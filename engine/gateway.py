@@ -59,12 +59,20 @@ class Gateway:
         self.policy_store.subscribe(self._policies_changed)
         self._pset: Any = None
         self._pset_fp = ""
+        from .cache import CacheRules
+        from .idempotency import IdempotencyRegistry
+
+        self.cache_rules = CacheRules.from_config(runtime.raw_config.get("cache"))
+        self.cache: Any = None  # the ResponseCache: opened in start(), one writer thread per worker
+        self.idempotency = IdempotencyRegistry(self.cache_rules.idempotency_window_s)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        from .cache_store import ResponseCache
         from .usage import UsageStore
 
+        self.cache = ResponseCache(_data_path(self.runtime), self.cache_rules)
         try:
             self.usage = UsageStore(_data_path(self.runtime))
             self.usage.start()
@@ -84,12 +92,20 @@ class Gateway:
         if self.reloader is not None:
             await self.reloader.stop()
         await self.upstream.aclose()
+        if self.cache is not None:
+            self.cache.close()
         if self.usage is not None:
             self.usage.close()
 
     def swap(self, runtime: Runtime) -> None:
+        from .cache import CacheRules
+
         self.runtime = runtime
         self.resilience.configure(runtime)
+        self.cache_rules = CacheRules.from_config(runtime.raw_config.get("cache"))
+        self.idempotency.window_s = self.cache_rules.idempotency_window_s
+        if self.cache is not None:
+            self.cache.configure(self.cache_rules)
         self.last_reload_error = None
         self.last_reload_at = time.time()
 

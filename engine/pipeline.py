@@ -67,6 +67,8 @@ class Call:
     ip: str = ""
     rewrites: dict[str, Any] = field(default_factory=dict)  # target key -> policy decision that rewrites
     progress: float = 0.0  # seconds between progress events; 0 = off
+    cache_key: str | None = None  # set on a cache miss: a good answer is stored under it
+    reached_upstream: bool = False
 
     def canonical(self) -> dict[str, Any]:
         """The canonical request, decoded on first use (the fast path never needs it)."""
@@ -123,6 +125,16 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
         if first.denied:
             raise first.error()
         admission = gw.policy_state.admit(facts.key, first, tokens=facts.input_tokens)
+    kept = False  # a stream keeps its admission until its last byte
+
+    def hold(resp: Response, release: Any) -> bool:
+        nonlocal kept
+        if isinstance(resp, StreamingResponse):
+            kept = True
+            resp.chunks = _finally(resp.chunks, release, lambda: _release_admission(gw, admission))
+            return True
+        return False
+
     try:
         est = call.bytes_in // 4 if call.req is None else estimate_tokens(call.req)
         info = {"stats": gw.routing_stats, "input_tokens": est, "max_tokens": None, "needs": set()}
@@ -130,31 +142,71 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
         call.combo = res.combo.name if res.combo else None
         targets = _admissible(gw, call, res, facts, first, est)
         call.mark("route", t)
-
-        def hold(resp: Response, release: Any) -> bool:
-            if isinstance(resp, StreamingResponse):
-                resp.chunks = _finally(resp.chunks, release, lambda: _release_admission(gw, admission))
-                return True
-            return False
-
-        try:
-            resp = await run_attempts(
-                targets, res.combo.settings if res.combo else {}, gw.resilience,
-                lambda target, account, n: _attempt(gw, call, target, account, n),
-                fingerprint=rt.fingerprint, stats=gw.routing_stats, tokens=est, hold=hold,
-                on_event=lambda kind, **f: _on_event(gw, call, kind, f),
-            )
-        except GatewayError:
-            call.flush_pending(gw, final=True)
-            raise
-        if not isinstance(resp, StreamingResponse):
-            _release_admission(gw, admission)
-        admission = None if isinstance(resp, StreamingResponse) else admission
-        return resp
-    except BaseException:
-        if admission is not None:
-            gw.policy_state.release(admission, refund=call.pending is None and not call.recorded_final)
+        cached = _cache_lookup(gw, call, res, targets)
+        if cached is not None:
+            return cached
+        return await run_attempts(
+            targets, res.combo.settings if res.combo else {}, gw.resilience,
+            lambda target, account, n: _attempt(gw, call, target, account, n),
+            fingerprint=rt.fingerprint, stats=gw.routing_stats, tokens=est, hold=hold,
+            on_event=lambda kind, **f: _on_event(gw, call, kind, f),
+        )
+    except GatewayError:
+        call.flush_pending(gw, final=True)
         raise
+    finally:
+        if admission is not None and not kept:
+            gw.policy_state.release(admission, refund=not call.reached_upstream)
+
+
+def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]) -> Response | None:
+    """A fresh cached answer to this canonical request, in the client's own format (a replayed
+    stream for a streaming request); None on a miss, after noting the key for the put."""
+    rules = gw.cache_rules
+    if gw.cache is None or not rules.enabled or call.headers_in.get("x-omniroute-no-cache", "").lower() == "true":
+        return None
+    from .cache import cache_key, cacheable, events_from_response
+
+    req = call.canonical()
+    if not cacheable(req, rules):
+        return None
+    model = f"combo:{res.combo.name}" if res.combo else targets[0].key
+    key = cache_key(req, model, call.key.name if call.key else None)
+    hit = gw.cache.get(key)
+    if hit is None:
+        call.cache_key = key
+        call.headers["x-omniroute-cache"] = "MISS"
+        return None
+    call.headers["x-omniroute-cache"] = "HIT"
+    served_by = hit.get("served_by") or ""
+    if served_by:  # what produced the answer, as on a miss
+        call.headers["x-omniroute-model"] = served_by
+        call.headers["x-omniroute-provider"] = served_by.partition("/")[0]
+    usage = clean_usage(hit.get("usage"))
+    rec = call.record(gw, cache="HIT", status=200, cost_micro_usd=0, upstream_model=hit.get("model"), **usage)
+    rec["latency_ms"] = (time.perf_counter() - call.t0) * 1000
+    headers = {**call.headers, "server-timing": call.server_timing()}
+    if not call.meta.get("stream"):
+        out = orjson.dumps(call.fmt.encode_response(hit, call.meta))
+        rec["bytes_out"] = len(out)
+        gw.record(rec)
+        call.recorded_final = True
+        return Response(out, 200, headers, media_type="application/json")
+    enc = call.fmt.encoder(call.meta)
+    body = b"".join(enc.push(ev) for ev in events_from_response(hit)) + enc.end()
+    rec["bytes_out"] = len(body)
+    gw.record(rec)
+    call.recorded_final = True
+    return StreamingResponse(_once(body), 200, headers, media_type=_media_type(call))
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _cache_put(gw: Gateway, call: Call, target: Target, response: dict[str, Any] | None) -> None:
+    if call.cache_key is not None and response is not None and gw.cache is not None:
+        gw.cache.put(call.cache_key, {**response, "served_by": target.key}, target.key)
 
 
 def _release_admission(gw: Gateway, admission: Any) -> None:
@@ -317,6 +369,7 @@ async def _send(
     request = gw.upstream.build(conn, account, "chat", model, stream=stream, body=payload)
     t = call.mark("translate", t)
     resp = await gw.upstream.send(request, conn, model, attempt)
+    call.reached_upstream = True
     gw.resilience.learn(conn, account, resp.headers)
     t = call.mark("upstream", t)
     rec["ttfb_ms"] = (time.perf_counter() - t_start) * 1000
@@ -340,17 +393,18 @@ async def _send(
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"{conn.id} answered with invalid JSON", status=502, provider=conn.id) from None
-        if passthrough:
+        if passthrough and call.cache_key is None:
             out, usage = raw, up_fmt.response_usage(parsed)
         else:
             canonical = up_fmt.decode_response(parsed)
             usage = canonical["usage"]
-            out = orjson.dumps(call.fmt.encode_response(canonical, call.meta))
+            out = raw if passthrough else orjson.dumps(call.fmt.encode_response(canonical, call.meta))
+            _cache_put(gw, call, target, canonical)
         call.mark("translate", t)
         _finish(gw, call, rec, reservation, model, usage, 200, None, t_start, len(out))
         headers = {**call.headers, "server-timing": call.server_timing()}
         return Response(out, 200, headers, media_type="application/json")
-    watch = _Watch(gw, call, rec, reservation, model, t_start)
+    watch = _Watch(gw, call, rec, reservation, target, t_start)
     chunks = _passthrough_stream(resp, call, up_fmt, conn.id, watch) if passthrough else _translated_stream(resp, call, up_fmt, conn.id, watch)
     # Read until the client would get its first bytes: a failure before that can still fall back.
     first = await _first_output(chunks)
@@ -373,14 +427,16 @@ def _finish(
 
 
 class _Watch:
-    """What a stream saw, recorded once when it ends however it ends (done, failed, cancelled)."""
+    """What a stream saw, recorded once when it ends however it ends (done, failed, cancelled);
+    a stream that ended well is also offered to the response cache."""
 
-    def __init__(self, gw: Gateway, call: Call, rec: dict[str, Any], reservation: Any, model: Any, t_start: float) -> None:
-        self.gw, self.call, self.rec, self.reservation, self.model, self.t_start = gw, call, rec, reservation, model, t_start
+    def __init__(self, gw: Gateway, call: Call, rec: dict[str, Any], reservation: Any, target: Target, t_start: float) -> None:
+        self.gw, self.call, self.rec, self.reservation, self.target, self.t_start = gw, call, rec, reservation, target, t_start
         self.usage: dict[str, int] = clean_usage(None)
         self.bytes_out = 0
         self.text_chars = 0
         self.done = False
+        self.response: dict[str, Any] | None = None  # the canonical answer, when the cache wants it
 
     def close(self, err: GatewayError | None, cancelled: bool = False) -> None:
         if self.done:
@@ -390,7 +446,9 @@ class _Watch:
             self.usage["output_tokens"] = max(1, self.text_chars // 4)  # cut before upstream's count
         status = err.status if err else 200
         cls = "cancelled" if cancelled else (error_class(err) if err else None)
-        _finish(self.gw, self.call, self.rec, self.reservation, self.model, self.usage, status, cls, self.t_start, self.bytes_out)
+        _finish(self.gw, self.call, self.rec, self.reservation, self.target.model, self.usage, status, cls, self.t_start, self.bytes_out)
+        if err is None and not cancelled:
+            _cache_put(self.gw, self.call, self.target, self.response)
 
 
 def _media_type(call: Call) -> str:
@@ -440,6 +498,11 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
     parser = SSEParser() if fmt.framing == "sse" else None
     decoder = fmt.decoder()
     hint = fmt.usage_hint
+    assembler = None
+    if call.cache_key is not None:
+        from .cache import ResponseAssembler
+
+        assembler = ResponseAssembler()  # the cache needs the whole answer: decode every event
     want_usage = call.meta.get("include_usage")
     started = False
     err: GatewayError | None = None
@@ -449,13 +512,21 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
             if parser is None:  # ndjson / json-array: relay as is, decode everything on the side
                 for ev in decoder.feed(chunk):
                     _observe(watch, ev)
+                    if assembler is not None:
+                        assembler.push(ev)
                 watch.bytes_out += len(chunk)
                 started = True
                 yield chunk
                 continue
             out = []
             for event, data in parser.feed(chunk):
-                if hint and hint in data:
+                if assembler is not None:
+                    for ev in decoder.decode_data(event, data) if data != fmt.done else ():
+                        _observe(watch, ev)
+                        assembler.push(ev)
+                    if not want_usage and hint in data and '"choices":[]' in data:
+                        continue
+                elif hint and hint in data:
                     for ev in decoder.decode_data(event, data):
                         _observe(watch, ev)
                     if not want_usage and '"choices":[]' in data:
@@ -469,6 +540,8 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
                 watch.bytes_out += len(b)
                 yield b
         cancelled = False
+        if assembler is not None:
+            watch.response = assembler.response()
     except httpx.HTTPError as e:
         cancelled = False
         err = transport_error(e, conn_id)
@@ -527,6 +600,7 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
         tail += encoder.end()
         watch.bytes_out += len(tail)
         cancelled = False
+        watch.response = encoder.response()
         yield tail
     except (httpx.HTTPError, UpstreamError) as e:
         cancelled = False

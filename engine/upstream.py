@@ -102,7 +102,9 @@ class Upstream:
             query: dict[str, str] = {}
             AUTH_KINDS[conn.spec.auth["kind"]](headers, query, dict(conn.spec.auth), account.api_key)
             headers["accept"] = "text/event-stream" if stream else "application/json"
-            url = httpx.URL(conn.base_url + path.replace("{model}", quote(upstream_model, safe="")), params=query or None)
+            url = httpx.URL(conn.base_url + path.replace("{model}", quote(upstream_model, safe="")))
+            if query:  # merged, not replaced: stream paths carry their own (?alt=sse)
+                url = url.copy_merge_params(query)
             if len(self._prepared) > 4096:
                 self._prepared.clear()
             hit = self._prepared[key] = (url, headers)

@@ -32,8 +32,8 @@ class _Guarded:
 
 
 def register_all(router: Router, gw: Any, guard: Guard) -> None:
-    from . import policy_api, routing_api, usage_api
+    from . import cache_api, policy_api, routing_api, usage_api
 
     guarded = _Guarded(router, guard)
-    for module in (usage_api, routing_api, policy_api):
+    for module in (usage_api, routing_api, policy_api, cache_api):
         module.register(guarded, gw)

@@ -96,3 +96,25 @@ def test_explain_cli_shows_policies_order_and_skips(tmp_path: Path) -> None:
     assert "policy 'cap' matched: cap {\"max_tokens\": 100}" in out
     order = [line.split()[1] for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
     assert order == ["openai/gpt-4.1-nano", "openai/gpt-4.1", "anthropic/claude-sonnet-4-5"]  # cheapest first
+
+
+def test_upstream_urls_keep_path_queries_and_add_auth_params(tmp_path: Path) -> None:
+    from engine.upstream import Upstream
+
+    specs = tmp_path / "specs" / "providers"
+    specs.mkdir(parents=True)
+    (specs / "qgem.yaml").write_text(
+        "name: Q\nformat: gemini\nbase_url: http://up.test/v1beta\nauth: {kind: query, param: key}\n"
+        "endpoints: {chat: {path: '/models/{model}:generateContent', stream_path: '/models/{model}:streamGenerateContent?alt=sse'}}\n"
+        "models: {m: {}}\n"
+    )
+    rt = build(write(tmp_path, "spec_dirs: [specs]\nproviders:\n  qgem: {api_key: k1}\n  gemini: {api_key: k2}\n"), env={})
+    up = Upstream()
+    q = rt.connections["qgem"]
+    assert str(up.build(q, q.accounts[0], "chat", q.models["m"], stream=True, body=b"{}").url) == (
+        "http://up.test/v1beta/models/m:streamGenerateContent?alt=sse&key=k1"
+    )
+    g = rt.connections["gemini"]
+    r = up.build(g, g.accounts[0], "chat", g.model("gemini-2.5-flash"), stream=True, body=b"{}")
+    assert r.url.params["alt"] == "sse" and r.headers["x-goog-api-key"] == "k2"
+    assert up.build(g, g.accounts[0], "chat", g.model("gemini-2.5-flash"), stream=False, body=b"{}").url.query == b""

@@ -34,7 +34,7 @@ def test_missing_env_var_names_variable_and_line() -> None:
 
 def test_unknown_key_lists_valid_keys() -> None:
     [p] = problems("server:\n  hots: 1.2.3.4\n")
-    assert p.startswith("cfg.yaml:2:3: server.hots: unknown key 'hots' (valid keys: admin_password_hash, host, max_body_bytes, port,")
+    assert p.startswith("cfg.yaml:2:3: server.hots: unknown key 'hots' (valid keys: admin_password_hash, host, max_body_bytes, max_upload_bytes, port,")
 
 
 def test_enum_lists_valid_values() -> None:
