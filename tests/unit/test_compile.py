@@ -118,3 +118,18 @@ def test_upstream_urls_keep_path_queries_and_add_auth_params(tmp_path: Path) -> 
     r = up.build(g, g.accounts[0], "chat", g.model("gemini-2.5-flash"), stream=True, body=b"{}")
     assert r.url.params["alt"] == "sse" and r.headers["x-goog-api-key"] == "k2"
     assert up.build(g, g.accounts[0], "chat", g.model("gemini-2.5-flash"), stream=False, body=b"{}").url.query == b""
+
+
+def test_example_config_passes_check_and_documents_every_top_level_key() -> None:
+    import json
+
+    from engine.compile import BUILTIN_SPECS
+
+    root = BUILTIN_SPECS.parent
+    example = root / "config.example.yaml"
+    rt = build(example, env={})
+    assert rt.combos["coding"].strategy == "priority" and rt.keys["team-a"].budget is not None
+    schema = json.loads((root / "engine" / "schemas" / "config.schema.json").read_text())
+    text = example.read_text()
+    for key in schema["properties"]:
+        assert f"\n{key}:" in text, f"config.example.yaml does not document '{key}'"
