@@ -8,11 +8,14 @@ only the rules it exercises. What an upstream received is read back from the fak
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ UPSTREAMS = {  # connection -> a model of it; one per upstream wire format
     "gemini": "gemini/gemini-2.5-flash",
     "ollama": "ollama/llama3.2",
 }
+THINKERS = {**UPSTREAMS, "ollama": "ollama/qwen3"}  # models whose spec lists the reasoning capability
 
 
 def _hours_excluding_now() -> str:
@@ -91,9 +95,73 @@ def _config(fake_url: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ gateways of this module
+# Started with a long timeout (a busy machine can take half a minute to compile the specs), and
+# stopped with their whole process tree: a granian worker its supervisor left behind (a stop
+# during start-up) is found by the config path on its command line and ended by its id.
+
+
+def _processes_of(g: Gateway) -> list[int]:
+    needle = str(g.config_path).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"engine.cli" in args and needle in args:
+                pids.append(int(entry))
+    return pids
+
+
+def _kill_all(g: Gateway) -> None:
+    for pid in _processes_of(g):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start(g: Gateway) -> Gateway:
+    try:
+        return g.start(timeout=120)
+    except RuntimeError:
+        _kill_all(g)
+        raise
+
+
+def stop(g: Gateway, sig: int | None = None) -> int | None:
+    code = g.stop(sig)
+    _kill_all(g)
+    return code
+
+
 @pytest.fixture(scope="module")
-def gw(gateway_factory: Any, fake: FakeUpstream) -> Gateway:
-    return gateway_factory(_config(fake.base_url))  # type: ignore[no-any-return]
+def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`launch(config, workers=1, ipv6=False)`: a started gateway, stopped when the module ends."""
+    started: list[Gateway] = []
+
+    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
+        work = tmp_path_factory.mktemp("gw")
+        config = {"data_dir": str(work / "data"), **config}
+        if ipv6:
+            config["server"] = {**config.get("server", {}), "host": "::1"}
+        g = Gateway(work, config, workers=workers)
+        if ipv6:
+            g.base_url = f"http://[::1]:{g.port}"
+        started.append(g)
+        return start(g)
+
+    yield make
+    for g in started:
+        stop(g)
+
+
+@pytest.fixture(scope="module")
+def gw(launch: Any, fake: FakeUpstream) -> Gateway:
+    return launch(_config(fake.base_url))  # type: ignore[no-any-return]
 
 
 def oai(gw: Gateway, key: str = PA, **headers: str) -> openai.OpenAI:
@@ -254,12 +322,25 @@ THINKING = {  # mode -> what each upstream must receive
 def test_thinking_budget_reaches_each_upstream_format(gw: Gateway, fake: FakeUpstream, conn: str, mode: str) -> None:
     marker = uuid.uuid4().hex
     out = oai(gw, **{"x-think": mode}).chat.completions.create(
-        model=UPSTREAMS[conn], max_tokens=100, messages=[{"role": "user", "content": marker}])
+        model=THINKERS[conn], max_tokens=100, messages=[{"role": "user", "content": marker}])
     assert out.choices[0].message.content
     body = only(fake, marker)
     assert thinking_received(conn, body) == THINKING[mode][conn]
     if conn == "anthropic" and mode != "off":
         assert body["max_tokens"] > THINKING[mode][conn]["budget_tokens"]  # Anthropic's own rule
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a thinking budget is sent to models whose spec lacks the reasoning capability: engine/pipeline.py:360 (_send) applies "
+    "policy_apply.apply_to_request (engine/policy_apply.py:68-74 sets `reasoning`) whatever target.model.capabilities "
+    "say, so gpt-4.1 gets reasoning_effort, claude-3-5-haiku a thinking block and llama3.2 think:true, each a 400 "
+    "from the real API; a global /api/settings/thinking-budget thus breaks every such model"))
+@pytest.mark.parametrize("model", ["openai/gpt-4.1", "anthropic/claude-3-5-haiku-latest", "ollama/llama3.2"])
+def test_thinking_budget_spares_models_that_cannot_think(gw: Gateway, fake: FakeUpstream, model: str) -> None:
+    marker = uuid.uuid4().hex
+    oai(gw, **{"x-think": "effort"}).chat.completions.create(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": marker}])
+    assert thinking_received(model.split("/")[0], only(fake, marker)) == "<absent>"
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("off", False), ("tokens", "low"), ("effort", "high")])
@@ -273,11 +354,13 @@ def test_thinking_budget_gives_gpt_oss_an_effort_level(gw: Gateway, fake: FakeUp
 # ------------------------------------------------------------------ rate limits, concurrency, key shortcuts
 
 
-def test_rate_limit_rule_counts_per_key(gw: Gateway) -> None:
+def test_rate_limit_rule_counts_per_key(gw: Gateway, fake: FakeUpstream) -> None:
     for _ in range(3):
         assert ask(gw, key="sk-rl-a-000001").status_code == 200
+    before = fake.stats()["total"]
     with pytest.raises(openai.RateLimitError) as e:
         ask(gw, key="sk-rl-a-000001")
+    assert fake.stats()["total"] == before  # refused before any upstream call
     assert "rate limit of rule 'rl-a-limit' reached: 3 requests per minute for key 'rl-a'" in str(e.value)
     assert 1 <= int(e.value.response.headers["retry-after"]) <= 61
     with pytest.raises(anthropic.RateLimitError) as ae:  # the same limit, in the Anthropic shape
@@ -298,7 +381,7 @@ def test_key_rpm_shortcut(gw: Gateway) -> None:
 def test_max_concurrent_per_key(gw: Gateway) -> None:
     key = "sk-mc-0000001"
     stream = oai(gw, key).chat.completions.create(
-        model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[words:4]] [[slow:300]]"}], stream=True)
+        model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[words:4]] [[slow:500]]"}], stream=True)
     chunks = iter(stream)
     next(chunks)  # in flight
     with pytest.raises(openai.RateLimitError) as e:
@@ -408,12 +491,6 @@ def test_check_reports_bad_rules_with_their_location(tmp_path: Path) -> None:
         f"  {cfg}:10:5: policies[2].name: rule names starting with key: or settings: are reserved for rules made "
         "from keys and settings; rename the rule",
     ]
-    # a shape error (the JSON Schema's part) is located too
-    cfg.write_text(text.replace("deny: {status: 403}", "deny: {status: 200}"))
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "check", "-c", str(cfg)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1
-    assert f"  {cfg}:9:12: policies[1].deny.status: must be >= 400" in out.stderr.splitlines()
 
 
 def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
@@ -423,7 +500,7 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
     def consume() -> None:
         try:
             for c in oai(gw).chat.completions.create(
-                model="openai/gpt-4.1-nano", messages=[{"role": "user", "content": "[[words:20]] [[slow:150]]"}],
+                model="openai/gpt-4.1-nano", messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}],
                 stream=True):
                 if c.choices and c.choices[0].delta.content:
                     words.append(c.choices[0].delta.content.strip())
@@ -446,8 +523,8 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
             ask(gw, "openai/gpt-4.1-nano")
         assert "nano is switched off" in str(e.value)
         t.join(15)
-        assert at_reload < 20  # the new rule arrived while the stream ran ...
-        assert not errors and words == [f"word{i}" for i in range(1, 21)]  # ... which finished untouched
+        assert at_reload < 25  # the new rule arrived while the stream ran ...
+        assert not errors and words == [f"word{i}" for i in range(1, 26)]  # ... which finished untouched
     finally:
         gw.write_config(original)
         wait_for(lambda: gw.health()["generation"] == gen + 2)
@@ -458,17 +535,11 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def gw6(tmp_path_factory: pytest.TempPathFactory, fake: Any) -> Any:
+def gw6(launch: Any, fake: FakeUpstream) -> Gateway:
     """A gateway of its own on the IPv6 loopback: the policy API test restarts it and the IP filter
     test ends by locking every client out."""
-    work = tmp_path_factory.mktemp("gw6")
-    config = {"data_dir": str(work / "data"), "server": {"host": "::1"}, "providers": demo_providers(fake.base_url),
-              "keys": [{"name": "pa", "key": PA}], "policies": _policies()[:1]}
-    g = Gateway(work, config)
-    g.base_url = f"http://[::1]:{g.port}"
-    g.start()
-    yield g
-    g.stop()
+    config = {"providers": demo_providers(fake.base_url), "keys": [{"name": "pa", "key": PA}], "policies": _policies()[:1]}
+    return launch(config, ipv6=True)  # type: ignore[no-any-return]
 
 
 def test_policy_api_rules_persist_across_a_restart(gw6: Gateway) -> None:
@@ -499,8 +570,8 @@ def test_policy_api_rules_persist_across_a_restart(gw6: Gateway) -> None:
         return False
 
     assert refused()
-    gw6.stop()
-    gw6.start()
+    stop(gw6)
+    start(gw6)
     names = [p["name"] for p in httpx.get(f"{base}/api/policies").json()["policies"]]
     assert names.index("no-gpt4o") < names.index("api-deny")  # config rules first, then API rules
     assert refused()

@@ -10,12 +10,15 @@ other tests; the `tight` profile of the `brk` connection is the one whose breake
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -44,6 +47,9 @@ def _config(fake_url: str) -> dict[str, Any]:
         "ctx-mid": {"context": 16000, "capabilities": ["tools"]},
         "ctx-big": {"context": 1000000, "capabilities": ["tools"]},
         "slow-600": {},
+        # cheap input and dear output versus the reverse: which is cheaper depends on max_tokens
+        "io-a": {"price": {"input": 1, "output": 10}},
+        "io-b": {"price": {"input": 5, "output": 1}},
     }
     providers.update({
         "oa429": {"spec": "openai", "base_url": oa, "api_key": "sk-oa429", "models": {"fail-429": {}}},
@@ -68,6 +74,7 @@ def _config(fake_url: str) -> dict[str, Any]:
         # gpt-4.1 2/8, gpt-4.1-nano 0.10/0.40, claude-sonnet-4-5 3/15 USD per million; fail-500 has no price
         "cheap": {"strategy": "cost-optimized",
                   "targets": ["openai/fail-500", "openai/gpt-4.1", "openai/gpt-4.1-nano", "anthropic/claude-sonnet-4-5"]},
+        "cost-io": {"strategy": "cost-optimized", "targets": ["openai/io-b", "openai/io-a"]},
         "ctx": {"strategy": "context-optimized", "targets": ["openai/ctx-big", "openai/ctx-small", "openai/ctx-mid"]},
         "cap": {"strategy": "priority", "targets": ["openai/notools-1", "openai/gpt-4.1"]},
         "fb-429": {"targets": ["oa429/fail-429", BACKUP]},
@@ -90,9 +97,73 @@ def _config(fake_url: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ gateways of this module
+# Started with a long timeout (a busy machine can take half a minute to compile the specs), and
+# stopped with their whole process tree: a granian worker its supervisor left behind (a stop
+# during start-up) is found by the config path on its command line and ended by its id.
+
+
+def _processes_of(g: Gateway) -> list[int]:
+    needle = str(g.config_path).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"engine.cli" in args and needle in args:
+                pids.append(int(entry))
+    return pids
+
+
+def _kill_all(g: Gateway) -> None:
+    for pid in _processes_of(g):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start(g: Gateway) -> Gateway:
+    try:
+        return g.start(timeout=120)
+    except RuntimeError:
+        _kill_all(g)
+        raise
+
+
+def stop(g: Gateway, sig: int | None = None) -> int | None:
+    code = g.stop(sig)
+    _kill_all(g)
+    return code
+
+
 @pytest.fixture(scope="module")
-def gw(gateway_factory: Any, fake: FakeUpstream) -> Gateway:
-    return gateway_factory(_config(fake.base_url))  # type: ignore[no-any-return]
+def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`launch(config, workers=1, ipv6=False)`: a started gateway, stopped when the module ends."""
+    started: list[Gateway] = []
+
+    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
+        work = tmp_path_factory.mktemp("gw")
+        config = {"data_dir": str(work / "data"), **config}
+        if ipv6:
+            config["server"] = {**config.get("server", {}), "host": "::1"}
+        g = Gateway(work, config, workers=workers)
+        if ipv6:
+            g.base_url = f"http://[::1]:{g.port}"
+        started.append(g)
+        return start(g)
+
+    yield make
+    for g in started:
+        stop(g)
+
+
+@pytest.fixture(scope="module")
+def gw(launch: Any, fake: FakeUpstream) -> Gateway:
+    return launch(_config(fake.base_url))  # type: ignore[no-any-return]
 
 
 def oai(gw: Gateway) -> openai.OpenAI:
@@ -187,7 +258,7 @@ def test_strict_random_deals_each_target_first_once_per_cycle(gw: Gateway) -> No
 def test_least_used_avoids_the_target_busy_with_a_stream(gw: Gateway) -> None:
     assert ask(gw, "lu").headers["x-omniroute-model"] == "openai/gpt-4.1"  # a tie keeps the written order
     stream = oai(gw).chat.completions.create(
-        model="lu", messages=[{"role": "user", "content": "[[words:4]] [[slow:200]]"}], stream=True)
+        model="lu", messages=[{"role": "user", "content": "[[words:5]] [[slow:400]]"}], stream=True)
     chunks = iter(stream)
     next(chunks)  # the stream holds gpt-4.1 in flight
     assert ask(gw, "lu").headers["x-omniroute-model"] == BACKUP
@@ -213,6 +284,20 @@ def test_cost_optimized_picks_the_cheapest_priced_target(gw: Gateway) -> None:
     order = [a["key"] for a in plan["attempts"]]
     # by price for this size; the unpriced target comes last
     assert order == ["openai/gpt-4.1-nano", "openai/gpt-4.1", "anthropic/claude-sonnet-4-5", "openai/fail-500"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cost-optimized ignores the request's max_tokens on the serving path: engine/pipeline.py:140 (run_chat) builds "
+    "info = {..., 'max_tokens': None, ...} for resolve(), so strategies.cost_optimized prices every request as "
+    "~input + 1024 output tokens (DEFAULT_OUTPUT_ESTIMATE), while /api/route/explain passes max_tokens and shows "
+    "another order"))
+def test_cost_optimized_prices_the_requests_own_max_tokens(gw: Gateway) -> None:
+    # ~30 input tokens: with max_tokens 1, io-a costs 30*1 + 1*10 = 40 and io-b 30*5 + 1*1 = 151 (x1e-6 USD)
+    plan = admin(gw, "GET", "/api/route/explain", params={"model": "cost-io", "max_tokens": 1, "input_tokens": 30}).json()
+    assert [a["key"] for a in plan["attempts"]] == ["openai/io-a", "openai/io-b"]
+    assert ask(gw, "cost-io", max_tokens=1).headers["x-omniroute-model"] == "openai/io-a"
+    # with room for 1000 output tokens io-b is the cheap one
+    assert ask(gw, "cost-io", max_tokens=1000).headers["x-omniroute-model"] == "openai/io-b"
 
 
 def test_context_optimized_picks_the_smallest_window_that_fits(gw: Gateway, fake: FakeUpstream) -> None:
@@ -244,14 +329,15 @@ def test_capability_filter_skips_a_target_without_tools(gw: Gateway, fake: FakeU
     assert admin(gw, "GET", "/api/route/explain", params={"model": "cap"}).json()["attempts"][0]["skipped"] is None
 
 
-def test_cli_explain_lists_the_plan(gw: Gateway) -> None:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "explain", "-c", str(gw.config_path), "cap"],
+def test_cli_explain_shows_the_skip_reason(gw: Gateway) -> None:
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "explain", "-c", str(gw.config_path), "cap", "--needs", "tools"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "cap: combo cap (priority)"
-    assert lines[1] == "  via: cap"
-    assert "1. openai/notools-1" in lines[2] and "2. openai/gpt-4.1" in lines[3]
+    first = next(ln for ln in lines if "1. openai/notools-1" in ln)
+    second = next(ln for ln in lines if "2. openai/gpt-4.1" in ln)
+    assert first.endswith("SKIPPED: model lacks tools") and "SKIPPED" not in second
 
 
 # ------------------------------------------------------------------ fallback by failure class
@@ -306,7 +392,7 @@ def test_fallback_on_timeout(gw: Gateway, fake: FakeUpstream) -> None:
     r = ask(gw, "fb-timeout", marker)
     took = time.monotonic() - t0
     assert r.headers["x-omniroute-model"] == BACKUP and r.headers["x-omniroute-attempts"] == "2"
-    assert 0.4 < took < 2.5, took  # first_byte 0.5 s, not the fake's 3 s
+    assert 0.4 < took < 3.0, took  # first_byte 0.5 s, not the fake's 3 s
     assert [x["route"] for x in received(fake, marker)] == ["openai.chat", "anthropic.messages"]
 
 
@@ -430,21 +516,21 @@ def test_circuit_breaker_opens_half_opens_and_closes(gw: Gateway, fake: FakeUpst
     entry = next(m for m in avail["models"] if m["model"] == "brk/brk-model")
     assert entry["available"] is False and "circuit breaker" in entry["reason"] and entry["retry_at"] > time.time() + 10
 
-    # a run-time override shortens reset_s: the breaker turns half-open within a second and admits
+    # a run-time override shortens reset_s: the breaker turns half-open within 2 s and admits
     # one probe, which fails, so it opens again
-    put = admin(gw, "PUT", "/api/resilience", json={"profiles": {"tight": {"reset_s": 1}}})
-    assert put.status_code == 200 and put.json()["overrides"]["tight"]["reset_s"] == 1
+    put = admin(gw, "PUT", "/api/resilience", json={"profiles": {"tight": {"reset_s": 2}}})
+    assert put.status_code == 200 and put.json()["overrides"]["tight"]["reset_s"] == 2
     try:
-        wait_for(lambda: _breaker(gw)["state"] == "half-open", 5)
+        wait_for(lambda: _breaker(gw)["state"] == "half-open", 6)
         fake.script(500, model="brk-model")
         with pytest.raises(openai.InternalServerError) as e:
             ask(gw, "brk/brk-model")
         assert e.value.status_code == 500
         assert _breaker(gw)["state"] == "open"
 
-        # half-open again after 1 s: a slow successful probe; a second request meanwhile is refused
-        wait_for(lambda: _breaker(gw)["state"] == "half-open", 5)
-        fake.script({"status": 200, "delay_ms": 700}, model="brk-model")
+        # half-open again after 2 s: a slow successful probe; a second request meanwhile is refused
+        wait_for(lambda: _breaker(gw)["state"] == "half-open", 6)
+        fake.script({"status": 200, "delay_ms": 1500}, model="brk-model")
         result: dict[str, Any] = {}
         calls = fake.stats()["counts"].get("openai.chat", 0)
         probe = threading.Thread(target=lambda: result.update(r=ask(gw, "brk/brk-model")))
@@ -560,7 +646,7 @@ def test_combo_reload_while_a_stream_runs(gw: Gateway) -> None:
     def consume() -> None:
         try:
             for c in oai(gw).chat.completions.create(
-                model="live", messages=[{"role": "user", "content": "[[words:20]] [[slow:150]]"}], stream=True):
+                model="live", messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}], stream=True):
                 if c.choices and c.choices[0].delta.content:
                     words.append(c.choices[0].delta.content.strip())
         except BaseException as e:  # reported below
@@ -579,5 +665,5 @@ def test_combo_reload_while_a_stream_runs(gw: Gateway) -> None:
     r = ask(gw, "live")
     assert r.headers["x-omniroute-model"] == BACKUP
     t.join(15)
-    assert at_reload < 20  # the reload happened while the stream ran ...
-    assert not errors and words == [f"word{i}" for i in range(1, 21)]  # ... and it finished on the old plan
+    assert at_reload < 25  # the reload happened while the stream ran ...
+    assert not errors and words == [f"word{i}" for i in range(1, 26)]  # ... and it finished on the old plan
