@@ -68,6 +68,7 @@ class Call:
     rewrites: dict[str, Any] = field(default_factory=dict)  # target key -> policy decision that rewrites
     progress: float = 0.0  # seconds between progress events; 0 = off
     cache_key: str | None = None  # set on a cache miss: a good answer is stored under it
+    semantic: tuple[str, list[float]] | None = None  # (scope, vector) to index the stored answer by
     reached_upstream: bool = False
 
     def canonical(self) -> dict[str, Any]:
@@ -142,7 +143,7 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
         call.combo = res.combo.name if res.combo else None
         targets = _admissible(gw, call, res, facts, first, est)
         call.mark("route", t)
-        cached = _cache_lookup(gw, call, res, targets)
+        cached = await _cache_lookup(gw, call, res, targets)
         if cached is not None:
             return cached
         return await run_attempts(
@@ -159,25 +160,39 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
             gw.policy_state.release(admission, refund=not call.reached_upstream)
 
 
-def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]) -> Response | None:
+async def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]) -> Response | None:
     """A fresh cached answer to this canonical request, in the client's own format (a replayed
-    stream for a streaming request); None on a miss, after noting the key for the put."""
+    stream for a streaming request); None on a miss, after noting the key for the put. With the
+    semantic tier on, a miss embeds the last user turn (through the gateway's own embeddings
+    route) and takes a stored answer to a question similar enough, in the same scope."""
     rules = gw.cache_rules
     if gw.cache is None or not rules.enabled or call.headers_in.get("x-omniroute-no-cache", "").lower() == "true":
         return None
-    from .cache import cache_key, cacheable, events_from_response
+    from .cache import cache_key, cacheable, events_from_response, last_user_text, semantic_scope
 
     req = call.canonical()
     if not cacheable(req, rules):
         return None
     model = f"combo:{res.combo.name}" if res.combo else targets[0].key
-    key = cache_key(req, model, call.key.name if call.key else None)
+    scope = call.key.name if call.key else None
+    key = cache_key(req, model, scope)
     hit = gw.cache.get(key)
+    how = "HIT"
+    if hit is None and rules.semantic_enabled and rules.semantic_model and gw.cache.semantic is not None:
+        text = last_user_text(req)
+        if text:
+            vector = await _embed(gw, call, rules.semantic_model, text)
+            sscope = semantic_scope(req, model, scope)
+            similar = gw.cache.semantic.find(sscope, vector, rules.semantic_threshold) if vector else None
+            hit = gw.cache.get(similar) if similar else None
+            how = "HIT; semantic"
+            if hit is None and vector:
+                call.semantic = (sscope, vector)
     if hit is None:
         call.cache_key = key
         call.headers["x-omniroute-cache"] = "MISS"
         return None
-    call.headers["x-omniroute-cache"] = "HIT"
+    call.headers["x-omniroute-cache"] = how
     served_by = hit.get("served_by") or ""
     if served_by:  # what produced the answer, as on a miss
         call.headers["x-omniroute-model"] = served_by
@@ -206,7 +221,30 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 def _cache_put(gw: Gateway, call: Call, target: Target, response: dict[str, Any] | None) -> None:
     if call.cache_key is not None and response is not None and gw.cache is not None:
-        gw.cache.put(call.cache_key, {**response, "served_by": target.key}, target.key)
+        stored = gw.cache.put(call.cache_key, {**response, "served_by": target.key}, target.key)
+        if stored and call.semantic is not None and gw.cache.semantic is not None:
+            gw.cache.semantic.add(call.semantic[0], call.semantic[1], call.cache_key, model=target.key)
+
+
+async def _embed(gw: Gateway, call: Call, model: str, text: str) -> list[float] | None:
+    """The semantic tier's embedding, routed through the gateway itself (policies, fallback,
+    usage records and all); a failure only means no semantic lookup."""
+    from types import SimpleNamespace
+
+    from . import modality_run as mr
+
+    rt = call.rt
+    m = mr.MODALITIES["embeddings"]
+    req = SimpleNamespace(path=m.path, headers=call.headers_in, client=call.ip)
+    ecall = mr.Call(gw, rt, m, rt.formats[m.client_format], call.key, req, len(text), gw.request_id())  # type: ignore[arg-type]
+    ecall.model = model
+    try:
+        out = await mr.serve(ecall, {"model": model, "input": [text]}, None)
+    except GatewayError as e:
+        gw.log.info("semantic cache lookup skipped: the embedding failed", extra={"rid": call.rid, "status": e.status})
+        return None
+    data = out.get("data") or []
+    return data[0] if data and isinstance(data[0], list) else None
 
 
 def _release_admission(gw: Gateway, admission: Any) -> None:

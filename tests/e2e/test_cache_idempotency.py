@@ -123,3 +123,28 @@ def test_idempotent_duplicates_call_upstream_once(gw: Gateway, fake: FakeUpstrea
     assert upstream_calls(fake, q) == 1
     conflict = httpx.post(f"{gw.base_url}/v1/chat/completions", json={**body, "max_tokens": 5}, headers=headers)
     assert conflict.status_code == 409 and "different" in conflict.json()["error"]["message"]
+
+
+def test_semantic_tier_answers_a_rephrased_question(gateway_factory: Any, fake: FakeUpstream) -> None:
+    gw = gateway_factory({"keys": KEYS, "cache": {"semantic": {"enabled": True, "model": "openai/text-embedding-3-small", "threshold": 0.9}}})
+    tag = uuid.uuid4().hex
+    first = oa(gw).chat.completions.with_raw_response.create(
+        model="openai/gpt-4.1", messages=[{"role": "user", "content": f"What is the capital of France? {tag}"}])
+    assert first.headers["x-omniroute-cache"] == "MISS"
+    time.sleep(0.1)
+    # the same words, other case and punctuation: another exact key, the same meaning
+    again = oa(gw).chat.completions.with_raw_response.create(
+        model="openai/gpt-4.1", messages=[{"role": "user", "content": f"what is the capital of france {tag}"}])
+    assert again.headers["x-omniroute-cache"] == "HIT; semantic"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    chats = [r for r in fake.stats()["requests"] if r["route"] == "openai.chat" and tag in str(r.get("body"))]
+    assert len(chats) == 1  # the rephrased question never reached upstream
+    # a different question is not similar enough; another key never sees alice's answers
+    other = oa(gw).chat.completions.with_raw_response.create(
+        model="openai/gpt-4.1", messages=[{"role": "user", "content": f"How tall is Mont Blanc? {tag}"}])
+    assert other.headers["x-omniroute-cache"] == "MISS"
+    bob = oa(gw, "sk-bob-1234567").chat.completions.with_raw_response.create(
+        model="openai/gpt-4.1", messages=[{"role": "user", "content": f"what is the capital of France {tag}"}])
+    assert bob.headers["x-omniroute-cache"] == "MISS"
+    # the embedding went through the gateway's own embeddings route, to the fake upstream
+    assert any(r["route"] == "openai.embeddings" and tag in str(r.get("body")) for r in fake.stats()["requests"])

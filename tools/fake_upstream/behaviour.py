@@ -272,11 +272,15 @@ def value_for_schema(schema: Any) -> Any:
 
 
 def embedding(text: str, dims: int) -> list[float]:
-    """A unit vector derived from a hash of `text`: same text, same vector."""
+    """A unit vector from the bag of the text's words, each word a hashed direction: the same
+    words give the same vector whatever the case and punctuation, and texts sharing most of
+    their words point close together, as a real embedding would (semantic-cache tests)."""
     dims = max(1, dims)
-    raw = hashlib.shake_256(text.encode()).digest(dims * 2)
-    ints = array("H", raw)
-    vec = [(v - 32767.5) / 32767.5 for v in ints]
+    vec = [0.0] * dims
+    for word in re.findall(r"\w+", text.lower()) or [text]:
+        ints = array("H", hashlib.shake_256(word.encode()).digest(dims * 2))
+        for i, v in enumerate(ints):
+            vec[i] += (v - 32767.5) / 32767.5
     norm = sum(x * x for x in vec) ** 0.5 or 1.0
     return [x / norm for x in vec]
 
