@@ -252,3 +252,78 @@ def test_in_band_error_after_a_burst_keeps_the_words_before_it(gw: Gateway, clie
     (The Anthropic client is the same-format fast path: bytes are relayed as they are.)"""
     fail = CLIENTS[client](gw.base_url).cut("rawanthropic/claude-sonnet-4-5", "go")
     assert fail.text_before == "".join(RAW_WORDS)
+
+
+# ---------------------------------------------------------------- the gateway's own errors, per client format
+
+BAD_BODIES = {
+    # (route, a body its format refuses, what the error names)
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+        "temperature",
+    ),
+    "responses": ("/v1/responses", {"model": "openai/gpt-4.1"}, "input"),
+    "anthropic": (
+        "/v1/messages",
+        {"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]},
+        "max_tokens",
+    ),
+    "gemini": ("/v1beta/models/openai/gpt-4.1:generateContent", {"contents": "hello"}, "contents"),
+    "ollama": (
+        "/api/chat",
+        {"model": "openai/gpt-4.1", "messages": [{"role": "wizard", "content": "x"}]},
+        "role",
+    ),
+}
+
+
+def _error_text(client: str, body: Any) -> str:
+    if client in ("openai", "responses"):
+        assert body["error"]["type"] == "invalid_request_error"
+        return str(body["error"]["message"])
+    if client == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        return str(body["error"]["message"])
+    if client == "gemini":
+        assert body["error"]["code"] == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+        return str(body["error"]["message"])
+    assert isinstance(body["error"], str)
+    return str(body["error"])
+
+
+@pytest.mark.parametrize("client", list(BAD_BODIES))
+def test_a_refused_request_is_a_400_in_the_client_shape_and_never_reaches_upstream(
+    gw: Gateway, fake: FakeUpstream, client: str
+) -> None:
+    route, body, names = BAD_BODIES[client]
+    before = fake.stats()["total"]
+    r = httpx.post(gw.base_url + route, json=body, timeout=30)
+    assert r.status_code == 400
+    assert names in _error_text(client, r.json())
+    assert fake.stats()["total"] == before
+
+
+UNKNOWN_MODEL = {
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "nosuch/model", "messages": [{"role": "user", "content": "x"}]},
+    ),
+    "responses": ("/v1/responses", {"model": "nosuch/model", "input": "x"}),
+    "anthropic": (
+        "/v1/messages",
+        {"model": "nosuch/model", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    ),
+    "gemini": ("/v1beta/models/nosuch/model:generateContent", {"contents": [{"parts": [{"text": "x"}]}]}),
+    "ollama": ("/api/chat", {"model": "nosuch/model", "messages": [{"role": "user", "content": "x"}]}),
+}
+
+
+@pytest.mark.parametrize("client", list(UNKNOWN_MODEL))
+def test_an_unknown_model_is_a_400_in_the_client_shape(gw: Gateway, fake: FakeUpstream, client: str) -> None:
+    route, body = UNKNOWN_MODEL[client]
+    before = fake.stats()["total"]
+    r = httpx.post(gw.base_url + route, json=body, timeout=30)
+    assert r.status_code == 400
+    assert "no provider 'nosuch'" in _error_text(client, r.json())
+    assert fake.stats()["total"] == before

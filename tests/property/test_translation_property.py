@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import string
@@ -631,9 +632,7 @@ json_obj = st.dictionaries(
     max_size=4,
 )
 args = json_obj.map(lambda d: json.dumps(d, separators=(",", ":"), ensure_ascii=False))
-signatures = st.text(alphabet=string.ascii_letters + string.digits + "+/", min_size=4, max_size=24).map(
-    lambda s: s + "=="
-)
+signatures = st.binary(min_size=3, max_size=24).map(lambda b: base64.b64encode(b).decode())  # opaque, base64 on the wire
 b64_images = st.sampled_from(
     [
         ("image/png", PNG),
@@ -1009,10 +1008,13 @@ def answer_parts(draw: st.DrawFn, fid: str) -> list[dict[str, Any]]:
             p["signature"] = draw(signatures)
         return p
 
+    made: list[int] = []
+
     def call() -> dict[str, Any]:
+        made.append(len(made))  # ids are unique within an answer
         return {
             "type": "tool_call",
-            "id": f"call_{draw(ident)}",
+            "id": f"call_{len(made)}_{draw(ident)}",
             "name": draw(tool_names),
             "arguments": draw(args),
         }
@@ -1025,6 +1027,8 @@ def answer_parts(draw: st.DrawFn, fid: str) -> list[dict[str, Any]]:
     parts = []
     for k in kinds:
         if k == "thinking":
+            if parts and parts[-1]["type"] == "thinking":
+                continue  # adjacent thinking is one block too
             parts.append(thinking())
         elif k == "text":
             if parts and parts[-1]["type"] == "text":
@@ -1176,3 +1180,269 @@ def test_stream_round_trip_keeps_what_the_format_carries(fid: str, data: st.Data
     assert canon_usage(got["usage"], fid) == canon_usage(want["usage"], fid)
     # and the encoder's own account of the stream (what usage records and the cache see) agrees
     assert canon_parts(enc.response()["content"], fid) == canon_parts(want["content"], fid)
+
+
+# ---------------------------------------------------------------- (c) what the official SDKs read back
+# The client side of a translation: canonical answers (whole, or as streams of deltas) encoded in
+# each client format, then parsed and, for streams, reassembled by that format's official SDK (its
+# own accumulators where it has them). What the SDK ends up with must be what was encoded.
+
+CLIENT_SIGNATURES = {"openai-chat": False, "openai-responses": True, "anthropic-messages": True, "gemini": True, "ollama": False}
+CLIENT_IDS = {"openai-chat": True, "openai-responses": True, "anthropic-messages": True, "gemini": False, "ollama": False}
+META = {"id": "r1", "model": "m-1", "created": 1700000000, "include_usage": True, "stream": True}
+
+
+@st.composite
+def client_answer(draw: st.DrawFn, fid: str) -> dict[str, Any]:
+    flat = fid in ("openai-chat", "ollama")
+    base = "openai-chat" if flat else "anthropic-messages"  # the shape answer_parts draws
+    parts = draw(answer_parts(base))
+    for p in parts:
+        if p["type"] == "thinking" and not CLIENT_SIGNATURES[fid]:
+            p.pop("signature", None)
+    usage = draw(usages("anthropic-messages"))
+    if fid == "ollama":
+        usage = {**usage, "cached_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}
+    else:
+        usage["cache_write_tokens"] = 0  # only Anthropic (and Responses) clients see cache writes
+    stop = stop_for(draw, "ollama" if fid == "ollama" else base, parts)
+    return {"id": "up-1", "model": "m-1", "content": parts, "stop_reason": stop, "usage": usage}
+
+
+def sdk_read(fid: str, obj: Any) -> dict[str, Any]:
+    """A whole answer in client format `fid`, parsed by the official SDK, in canonical terms."""
+    parts: list[dict[str, Any]] = []
+    if fid == "openai-chat":
+        from openai.types.chat import ChatCompletion
+
+        c = ChatCompletion.model_validate(obj)
+        msg = c.choices[0].message
+        if (msg.model_extra or {}).get("reasoning_content"):
+            parts.append({"type": "thinking", "text": msg.model_extra["reasoning_content"]})
+        if msg.content:
+            parts.append({"type": "text", "text": msg.content})
+        parts += [{"type": "tool_call", "id": t.id, "name": t.function.name, "arguments": t.function.arguments} for t in msg.tool_calls or ()]
+        u = c.usage
+        assert u is not None
+        stop = {"tool_calls": "tool_calls", "length": "length", "content_filter": "content_filter"}.get(c.choices[0].finish_reason, "stop")
+        usage = {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+                 "cached_tokens": u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0,
+                 "reasoning_tokens": u.completion_tokens_details.reasoning_tokens if u.completion_tokens_details else 0}
+    elif fid == "openai-responses":
+        from openai.types.responses import Response
+
+        r = obj if not isinstance(obj, dict) else Response.model_validate(obj)
+        for item in r.output:
+            if item.type == "reasoning":
+                p = {"type": "thinking", "text": "".join(x.text for x in item.summary)}
+                if item.encrypted_content:
+                    p["signature"] = item.encrypted_content
+                parts.append(p)
+            elif item.type == "message":
+                parts.append({"type": "text", "text": "".join(x.text for x in item.content if x.type == "output_text")})
+            elif item.type == "function_call":
+                parts.append({"type": "tool_call", "id": item.call_id, "name": item.name, "arguments": item.arguments})
+        reason = r.incomplete_details.reason if r.incomplete_details else None
+        stop = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(reason or "", "stop")
+        if stop == "stop" and any(p["type"] == "tool_call" for p in parts):
+            stop = "tool_calls"
+        assert r.usage is not None
+        usage = {"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
+                 "cached_tokens": r.usage.input_tokens_details.cached_tokens, "reasoning_tokens": r.usage.output_tokens_details.reasoning_tokens}
+    elif fid == "anthropic-messages":
+        from anthropic.types import Message
+
+        m = obj if not isinstance(obj, dict) else Message.model_validate(obj)
+        for b in m.content:
+            if b.type == "thinking":
+                parts.append({"type": "thinking", "text": b.thinking, "signature": b.signature})
+            elif b.type == "text":
+                parts.append({"type": "text", "text": b.text})
+            elif b.type == "tool_use":
+                parts.append({"type": "tool_call", "id": b.id, "name": b.name, "arguments": json.dumps(b.input)})
+        stop = {"max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}.get(m.stop_reason or "", "stop")
+        u = m.usage
+        cached, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
+        usage = {"input_tokens": u.input_tokens + cached + write, "output_tokens": u.output_tokens, "cached_tokens": cached,
+                 "cache_write_tokens": write, "reasoning_tokens": u.output_tokens_details.thinking_tokens if u.output_tokens_details else 0}
+    else:
+        raise AssertionError(fid)
+    return {"content": parts, "stop_reason": stop, "usage": usage}
+
+
+def gemini_read(chunks: list[Any]) -> dict[str, Any]:
+    """Gemini chunks through google-genai's types: parts concatenated, the last finish reason, the
+    latest (cumulative) usage."""
+    from google.genai import types as gt
+
+    events: list[dict[str, Any]] = []
+    usage: dict[str, int] = {}
+    last_total = -1
+    for obj in chunks:
+        r = gt.GenerateContentResponse.model_validate(obj)
+        cand = r.candidates[0]
+        for i, p in enumerate(cand.content.parts or () if cand.content else ()):
+            sig = base64.b64encode(p.thought_signature).decode() if p.thought_signature else None
+            if p.thought:
+                events.append({"type": "thinking", "text": p.text or "", "signature": sig})
+            elif p.function_call is not None:
+                events.append({"type": "tool_start", "index": f"{id(obj)}:{i}", "id": None, "name": p.function_call.name})
+                events.append({"type": "tool_args", "index": f"{id(obj)}:{i}", "delta": json.dumps(p.function_call.args or {})})
+            elif p.text:
+                events.append({"type": "text", "text": p.text})
+        if cand.finish_reason is not None:
+            fr = cand.finish_reason.value
+            events.append({"type": "finish", "stop_reason": {"MAX_TOKENS": "length", "SAFETY": "content_filter"}.get(fr, "stop")})
+        u = r.usage_metadata
+        if u is not None and u.total_token_count is not None:
+            assert u.total_token_count >= last_total, "cumulative usage went down"
+            last_total = u.total_token_count
+            usage = {"input_tokens": u.prompt_token_count or 0, "output_tokens": (u.candidates_token_count or 0) + (u.thoughts_token_count or 0),
+                     "cached_tokens": u.cached_content_token_count or 0, "reasoning_tokens": u.thoughts_token_count or 0}
+    out = assemble(events)
+    out["usage"] = usage
+    return out
+
+
+def ollama_read(lines: list[Any]) -> dict[str, Any]:
+    import ollama
+
+    events: list[dict[str, Any]] = []
+    usage: dict[str, int] = {}
+    for n, obj in enumerate(lines):
+        r = ollama.ChatResponse.model_validate(obj)
+        if r.message.thinking:
+            events.append({"type": "thinking", "text": r.message.thinking})
+        if r.message.content:
+            events.append({"type": "text", "text": r.message.content})
+        for i, t in enumerate(r.message.tool_calls or ()):
+            events.append({"type": "tool_start", "index": f"{n}:{i}", "id": None, "name": t.function.name})
+            events.append({"type": "tool_args", "index": f"{n}:{i}", "delta": json.dumps(dict(t.function.arguments))})
+        if r.done:
+            assert n == len(lines) - 1, "a line after done"
+            events.append({"type": "finish", "stop_reason": "length" if r.done_reason == "length" else "stop"})
+            usage = {"input_tokens": r.prompt_eval_count or 0, "output_tokens": r.eval_count or 0}
+    return {**assemble(events), "usage": usage}
+
+
+def compare_answers(fid: str, got: dict[str, Any], want: dict[str, Any]) -> None:
+    ids = CLIENT_IDS[fid]
+    carried = {"ollama": USAGE_CARRIED["ollama"], "anthropic-messages": USAGE_CARRIED["anthropic-messages"]}.get(fid, USAGE_CARRIED["openai-chat"])
+
+    def parts(ps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for p in ps:
+            p = {k: v for k, v in p.items() if v not in (None, "") or k == "text"}
+            if p["type"] == "tool_call":
+                p["arguments"] = json.loads(p["arguments"] or "{}")
+                if not ids:
+                    p.pop("id", None)
+            if p["type"] == "thinking" and not CLIENT_SIGNATURES[fid]:
+                p.pop("signature", None)
+            out.append(p)
+        return out
+
+    assert parts(got["content"]) == parts(want["content"])
+    assert got["stop_reason"] == want["stop_reason"]
+    assert {k: got["usage"].get(k) or 0 for k in carried} == {k: want["usage"].get(k) or 0 for k in carried}
+
+
+@pytest.mark.parametrize("fid", CLIENT_FORMATS)
+@SETTINGS
+@given(data=st.data())
+def test_sdks_read_the_answers_clients_get(fid: str, data: st.DataObject) -> None:
+    resp = data.draw(client_answer(fid))
+    obj = orjson.loads(orjson.dumps(fmt(fid).encode_response(copy.deepcopy(resp), META)))
+    note(json.dumps(obj, ensure_ascii=False))
+    if fid == "gemini":
+        got = gemini_read([obj])
+    elif fid == "ollama":
+        got = ollama_read([obj])
+    else:
+        got = sdk_read(fid, obj)
+    compare_answers(fid, got, resp)
+
+
+def _frames(fid: str, raw: bytes) -> list[Any]:
+    from engine.stream import parser_for
+
+    f = fmt(fid)
+    parser = parser_for(f.framing)
+    return [orjson.loads(d) for _, d in [*parser.feed(raw), *parser.close()] if d != f.done]
+
+
+@pytest.mark.parametrize("fid", CLIENT_FORMATS)
+@SETTINGS
+@given(data=st.data())
+def test_sdks_reassemble_the_streams_clients_get(fid: str, data: st.DataObject) -> None:
+    resp = data.draw(client_answer(fid))
+    events = data.draw(stream_events_for(resp))
+    enc = fmt(fid).encoder(dict(META))
+    raw = b"".join(enc.push(copy.deepcopy(ev)) for ev in events) + enc.end()
+    note(raw.decode())
+    frames = _frames(fid, raw)
+    if fid == "openai-chat":
+        from openai.lib.streaming.chat import ChatCompletionStreamState
+        from openai.types.chat import ChatCompletionChunk
+
+        state = ChatCompletionStreamState()
+        for fr in frames:
+            state.handle_chunk(ChatCompletionChunk.model_validate(fr))
+        # the snapshot, not get_final_completion(): that refuses to parse a length-cut answer
+        snap = state.current_completion_snapshot.model_dump()
+        got = sdk_read(fid, {**snap, "object": "chat.completion"})
+    elif fid == "openai-responses":
+        from openai import omit
+        from openai.lib.streaming.responses import ResponseStreamState
+        from openai.types.responses import ResponseStreamEvent
+        from pydantic import TypeAdapter
+
+        adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+        state = ResponseStreamState(input_tools=omit, text_format=omit)
+        seqs = []
+        for fr in frames:
+            ev = adapter.validate_python(fr)
+            seqs.append(ev.sequence_number)
+            state.handle_event(ev)
+        assert seqs == list(range(len(seqs))), "sequence numbers"
+        last = adapter.validate_python(frames[-1])
+        assert last.type in ("response.completed", "response.incomplete")
+        got = sdk_read(fid, last.response)
+        if last.type == "response.completed":  # the SDK's own reassembly of the deltas agrees
+            assert state._completed_response is not None
+            compare_answers(fid, sdk_read(fid, state._completed_response), resp)
+    elif fid == "anthropic-messages":
+        from anthropic.lib.streaming._messages import accumulate_event
+
+        snapshot = None
+        bufs: dict[int, bytes] = {}
+        for fr in frames:
+            snapshot = accumulate_event(event=fr, current_snapshot=snapshot, json_bufs=bufs)
+        got = sdk_read(fid, snapshot)
+    elif fid == "gemini":
+        got = gemini_read(frames)
+    else:
+        got = ollama_read(frames)
+    compare_answers(fid, got, resp)
+
+
+@st.composite
+def stream_events_for(draw: st.DrawFn, resp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The canonical events an upstream decoder would emit for `resp`, deltas cut anywhere."""
+    events: list[dict[str, Any]] = [{"type": "start", "id": "up-1", "model": "m-1"}]
+
+    def pieces(s: str) -> list[str]:
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, len(s) - 1)), max_size=3))) if len(s) > 1 else []
+        return [s[a:b] for a, b in zip([0, *cuts], [*cuts, len(s)], strict=True)]
+
+    for i, p in enumerate(resp["content"]):
+        if p["type"] in ("text", "thinking"):
+            events += [{"type": p["type"], "text": x} for x in pieces(p["text"])]
+            if p.get("signature"):
+                events.append({"type": "thinking", "signature": p["signature"]})
+        else:
+            events.append({"type": "tool_start", "index": i, "id": p["id"], "name": p["name"]})
+            events += [{"type": "tool_args", "index": i, "delta": x} for x in pieces(p["arguments"])]
+    events.append({"type": "usage", **resp["usage"]})
+    events.append({"type": "finish", "stop_reason": resp["stop_reason"]})
+    return events
