@@ -632,7 +632,9 @@ json_obj = st.dictionaries(
     max_size=4,
 )
 args = json_obj.map(lambda d: json.dumps(d, separators=(",", ":"), ensure_ascii=False))
-signatures = st.binary(min_size=3, max_size=24).map(lambda b: base64.b64encode(b).decode())  # opaque, base64 on the wire
+signatures = st.binary(min_size=3, max_size=24).map(
+    lambda b: base64.b64encode(b).decode()
+)  # opaque, base64 on the wire
 b64_images = st.sampled_from(
     [
         ("image/png", PNG),
@@ -1187,8 +1189,20 @@ def test_stream_round_trip_keeps_what_the_format_carries(fid: str, data: st.Data
 # each client format, then parsed and, for streams, reassembled by that format's official SDK (its
 # own accumulators where it has them). What the SDK ends up with must be what was encoded.
 
-CLIENT_SIGNATURES = {"openai-chat": False, "openai-responses": True, "anthropic-messages": True, "gemini": True, "ollama": False}
-CLIENT_IDS = {"openai-chat": True, "openai-responses": True, "anthropic-messages": True, "gemini": False, "ollama": False}
+CLIENT_SIGNATURES = {
+    "openai-chat": False,
+    "openai-responses": True,
+    "anthropic-messages": True,
+    "gemini": True,
+    "ollama": False,
+}
+CLIENT_IDS = {
+    "openai-chat": True,
+    "openai-responses": True,
+    "anthropic-messages": True,
+    "gemini": False,
+    "ollama": False,
+}
 META = {"id": "r1", "model": "m-1", "created": 1700000000, "include_usage": True, "stream": True}
 
 
@@ -1221,13 +1235,23 @@ def sdk_read(fid: str, obj: Any) -> dict[str, Any]:
             parts.append({"type": "thinking", "text": msg.model_extra["reasoning_content"]})
         if msg.content:
             parts.append({"type": "text", "text": msg.content})
-        parts += [{"type": "tool_call", "id": t.id, "name": t.function.name, "arguments": t.function.arguments} for t in msg.tool_calls or ()]
+        parts += [
+            {"type": "tool_call", "id": t.id, "name": t.function.name, "arguments": t.function.arguments}
+            for t in msg.tool_calls or ()
+        ]
         u = c.usage
         assert u is not None
-        stop = {"tool_calls": "tool_calls", "length": "length", "content_filter": "content_filter"}.get(c.choices[0].finish_reason, "stop")
-        usage = {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
-                 "cached_tokens": u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0,
-                 "reasoning_tokens": u.completion_tokens_details.reasoning_tokens if u.completion_tokens_details else 0}
+        stop = {"tool_calls": "tool_calls", "length": "length", "content_filter": "content_filter"}.get(
+            c.choices[0].finish_reason, "stop"
+        )
+        usage = {
+            "input_tokens": u.prompt_tokens,
+            "output_tokens": u.completion_tokens,
+            "cached_tokens": u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0,
+            "reasoning_tokens": u.completion_tokens_details.reasoning_tokens
+            if u.completion_tokens_details
+            else 0,
+        }
     elif fid == "openai-responses":
         from openai.types.responses import Response
 
@@ -1239,16 +1263,24 @@ def sdk_read(fid: str, obj: Any) -> dict[str, Any]:
                     p["signature"] = item.encrypted_content
                 parts.append(p)
             elif item.type == "message":
-                parts.append({"type": "text", "text": "".join(x.text for x in item.content if x.type == "output_text")})
+                parts.append(
+                    {"type": "text", "text": "".join(x.text for x in item.content if x.type == "output_text")}
+                )
             elif item.type == "function_call":
-                parts.append({"type": "tool_call", "id": item.call_id, "name": item.name, "arguments": item.arguments})
+                parts.append(
+                    {"type": "tool_call", "id": item.call_id, "name": item.name, "arguments": item.arguments}
+                )
         reason = r.incomplete_details.reason if r.incomplete_details else None
         stop = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(reason or "", "stop")
         if stop == "stop" and any(p["type"] == "tool_call" for p in parts):
             stop = "tool_calls"
         assert r.usage is not None
-        usage = {"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-                 "cached_tokens": r.usage.input_tokens_details.cached_tokens, "reasoning_tokens": r.usage.output_tokens_details.reasoning_tokens}
+        usage = {
+            "input_tokens": r.usage.input_tokens,
+            "output_tokens": r.usage.output_tokens,
+            "cached_tokens": r.usage.input_tokens_details.cached_tokens,
+            "reasoning_tokens": r.usage.output_tokens_details.reasoning_tokens,
+        }
     elif fid == "anthropic-messages":
         from anthropic.types import Message
 
@@ -1259,12 +1291,21 @@ def sdk_read(fid: str, obj: Any) -> dict[str, Any]:
             elif b.type == "text":
                 parts.append({"type": "text", "text": b.text})
             elif b.type == "tool_use":
-                parts.append({"type": "tool_call", "id": b.id, "name": b.name, "arguments": json.dumps(b.input)})
-        stop = {"max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}.get(m.stop_reason or "", "stop")
+                parts.append(
+                    {"type": "tool_call", "id": b.id, "name": b.name, "arguments": json.dumps(b.input)}
+                )
+        stop = {"max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}.get(
+            m.stop_reason or "", "stop"
+        )
         u = m.usage
         cached, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
-        usage = {"input_tokens": u.input_tokens + cached + write, "output_tokens": u.output_tokens, "cached_tokens": cached,
-                 "cache_write_tokens": write, "reasoning_tokens": u.output_tokens_details.thinking_tokens if u.output_tokens_details else 0}
+        usage = {
+            "input_tokens": u.input_tokens + cached + write,
+            "output_tokens": u.output_tokens,
+            "cached_tokens": cached,
+            "cache_write_tokens": write,
+            "reasoning_tokens": u.output_tokens_details.thinking_tokens if u.output_tokens_details else 0,
+        }
     else:
         raise AssertionError(fid)
     return {"content": parts, "stop_reason": stop, "usage": usage}
@@ -1286,19 +1327,41 @@ def gemini_read(chunks: list[Any]) -> dict[str, Any]:
             if p.thought:
                 events.append({"type": "thinking", "text": p.text or "", "signature": sig})
             elif p.function_call is not None:
-                events.append({"type": "tool_start", "index": f"{id(obj)}:{i}", "id": None, "name": p.function_call.name})
-                events.append({"type": "tool_args", "index": f"{id(obj)}:{i}", "delta": json.dumps(p.function_call.args or {})})
+                events.append(
+                    {
+                        "type": "tool_start",
+                        "index": f"{id(obj)}:{i}",
+                        "id": None,
+                        "name": p.function_call.name,
+                    }
+                )
+                events.append(
+                    {
+                        "type": "tool_args",
+                        "index": f"{id(obj)}:{i}",
+                        "delta": json.dumps(p.function_call.args or {}),
+                    }
+                )
             elif p.text:
                 events.append({"type": "text", "text": p.text})
         if cand.finish_reason is not None:
             fr = cand.finish_reason.value
-            events.append({"type": "finish", "stop_reason": {"MAX_TOKENS": "length", "SAFETY": "content_filter"}.get(fr, "stop")})
+            events.append(
+                {
+                    "type": "finish",
+                    "stop_reason": {"MAX_TOKENS": "length", "SAFETY": "content_filter"}.get(fr, "stop"),
+                }
+            )
         u = r.usage_metadata
         if u is not None and u.total_token_count is not None:
             assert u.total_token_count >= last_total, "cumulative usage went down"
             last_total = u.total_token_count
-            usage = {"input_tokens": u.prompt_token_count or 0, "output_tokens": (u.candidates_token_count or 0) + (u.thoughts_token_count or 0),
-                     "cached_tokens": u.cached_content_token_count or 0, "reasoning_tokens": u.thoughts_token_count or 0}
+            usage = {
+                "input_tokens": u.prompt_token_count or 0,
+                "output_tokens": (u.candidates_token_count or 0) + (u.thoughts_token_count or 0),
+                "cached_tokens": u.cached_content_token_count or 0,
+                "reasoning_tokens": u.thoughts_token_count or 0,
+            }
     out = assemble(events)
     out["usage"] = usage
     return out
@@ -1317,17 +1380,24 @@ def ollama_read(lines: list[Any]) -> dict[str, Any]:
             events.append({"type": "text", "text": r.message.content})
         for i, t in enumerate(r.message.tool_calls or ()):
             events.append({"type": "tool_start", "index": f"{n}:{i}", "id": None, "name": t.function.name})
-            events.append({"type": "tool_args", "index": f"{n}:{i}", "delta": json.dumps(dict(t.function.arguments))})
+            events.append(
+                {"type": "tool_args", "index": f"{n}:{i}", "delta": json.dumps(dict(t.function.arguments))}
+            )
         if r.done:
             assert n == len(lines) - 1, "a line after done"
-            events.append({"type": "finish", "stop_reason": "length" if r.done_reason == "length" else "stop"})
+            events.append(
+                {"type": "finish", "stop_reason": "length" if r.done_reason == "length" else "stop"}
+            )
             usage = {"input_tokens": r.prompt_eval_count or 0, "output_tokens": r.eval_count or 0}
     return {**assemble(events), "usage": usage}
 
 
 def compare_answers(fid: str, got: dict[str, Any], want: dict[str, Any]) -> None:
     ids = CLIENT_IDS[fid]
-    carried = {"ollama": USAGE_CARRIED["ollama"], "anthropic-messages": USAGE_CARRIED["anthropic-messages"]}.get(fid, USAGE_CARRIED["openai-chat"])
+    carried = {
+        "ollama": USAGE_CARRIED["ollama"],
+        "anthropic-messages": USAGE_CARRIED["anthropic-messages"],
+    }.get(fid, USAGE_CARRIED["openai-chat"])
 
     def parts(ps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
