@@ -82,7 +82,7 @@ class App:
         except Exception:
             self.gw.log.exception("unhandled error", extra={"path": req.path})
             resp = JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, 500)
-        await resp(send)
+        await resp(send, receive)
 
     # ------------------------------------------------------------ routes
 

@@ -10,6 +10,8 @@ Public surface: Request, Response, JSONResponse, StreamingResponse, Router, Hand
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -109,7 +111,7 @@ class Response:
         if media_type is not None:
             self.media_type = media_type
 
-    async def __call__(self, send: Send) -> None:
+    async def __call__(self, send: Send, receive: Receive | None = None) -> None:
         raw = _raw_headers(self.headers, self.media_type)
         raw.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
@@ -136,20 +138,44 @@ class StreamingResponse(Response):
         super().__init__(b"", status, headers, media_type)
         self.chunks = chunks
 
-    async def __call__(self, send: Send) -> None:
+    async def __call__(self, send: Send, receive: Receive | None = None) -> None:
         raw = _raw_headers(self.headers, self.media_type)
         if self.media_type == "text/event-stream":
             raw.append((b"cache-control", b"no-cache"))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        # A client that goes away must stop the upstream read at once (and be recorded as such):
+        # the server does not raise on a closed connection, so watch for http.disconnect.
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        it = self.chunks.__aiter__()
         try:
-            async for chunk in self.chunks:
+            while True:
+                nxt = asyncio.ensure_future(it.__anext__())
+                if gone is not None:
+                    await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        nxt.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                            await nxt
+                        return
+                try:
+                    chunk = await nxt
+                except StopAsyncIteration:
+                    break
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
         finally:
+            if gone is not None:
+                gone.cancel()
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
-                await aclose()
-        await send({"type": "http.response.body", "body": b""})
+                with contextlib.suppress(RuntimeError):  # already finished by the cancellation
+                    await aclose()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -137,9 +137,13 @@ async def run_chat(gw: Gateway, call: Call) -> Response:
         return False
 
     try:
+        name = (first.route if first else None) or head["model"]
+        if name in rt.combos or name in rt.aliases:  # strategies price and size the real request
+            call.canonical()
         est = call.bytes_in // 4 if call.req is None else estimate_tokens(call.req)
-        info = {"stats": gw.routing_stats, "input_tokens": est, "max_tokens": None, "needs": set()}
-        res = resolve(rt, (first.route if first else None) or head["model"], info)
+        max_tokens = call.req.get("max_tokens") if call.req is not None else None
+        info: dict[str, Any] = {"stats": gw.routing_stats, "input_tokens": est, "max_tokens": max_tokens, "needs": set()}
+        res = resolve(rt, name, info)
         call.combo = res.combo.name if res.combo else None
         targets = _admissible(gw, call, res, facts, first, est)
         call.mark("route", t)
@@ -398,7 +402,12 @@ async def _send(
             req = apply_to_request(req, decision)
         if system_message:
             req = {**req, "system": system_message}
-        lossy = up_fmt.lossy(features_used(req))
+        dropped = []
+        if req.get("reasoning") and model.known and "reasoning" not in model.capabilities:
+            # Reasoning knobs on a model that cannot reason are a 400 upstream: drop and report.
+            req = {k: v for k, v in req.items() if k != "reasoning"}
+            dropped.append("reasoning")
+        lossy = sorted({*up_fmt.lossy(features_used(req)), *dropped})
         if lossy:
             if call.rt.strict:
                 raise ClientError(f"{conn.id}/{model.id} ({up_fmt.id}) cannot carry: {', '.join(lossy)} (strict_translation is on)")

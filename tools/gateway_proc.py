@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +44,7 @@ class Gateway:
         tmp.write_text(text)
         tmp.replace(self.config_path)  # atomic, as editors do
 
-    def start(self, timeout: float = 30) -> Gateway:
+    def start(self, timeout: float = 90) -> Gateway:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "serve", "-c", str(self.config_path), "--port", str(self.port), "--workers", str(self.workers)],
@@ -50,6 +52,7 @@ class Gateway:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches granian's workers too
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -83,6 +86,8 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a worker left behind by a stop mid-start
         return self.proc.returncode
 
     def __enter__(self) -> Gateway:

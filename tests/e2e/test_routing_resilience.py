@@ -286,18 +286,14 @@ def test_cost_optimized_picks_the_cheapest_priced_target(gw: Gateway) -> None:
     assert order == ["openai/gpt-4.1-nano", "openai/gpt-4.1", "anthropic/claude-sonnet-4-5", "openai/fail-500"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cost-optimized ignores the request's max_tokens on the serving path: engine/pipeline.py:140 (run_chat) builds "
-    "info = {..., 'max_tokens': None, ...} for resolve(), so strategies.cost_optimized prices every request as "
-    "~input + 1024 output tokens (DEFAULT_OUTPUT_ESTIMATE), while /api/route/explain passes max_tokens and shows "
-    "another order"))
 def test_cost_optimized_prices_the_requests_own_max_tokens(gw: Gateway) -> None:
     # ~30 input tokens: with max_tokens 1, io-a costs 30*1 + 1*10 = 40 and io-b 30*5 + 1*1 = 151 (x1e-6 USD)
     plan = admin(gw, "GET", "/api/route/explain", params={"model": "cost-io", "max_tokens": 1, "input_tokens": 30}).json()
     assert [a["key"] for a in plan["attempts"]] == ["openai/io-a", "openai/io-b"]
-    assert ask(gw, "cost-io", max_tokens=1).headers["x-omniroute-model"] == "openai/io-a"
+    words = "word " * 24  # ~30 input tokens at 4 characters a token
+    assert ask(gw, "cost-io", words, max_tokens=1).headers["x-omniroute-model"] == "openai/io-a"
     # with room for 1000 output tokens io-b is the cheap one
-    assert ask(gw, "cost-io", max_tokens=1000).headers["x-omniroute-model"] == "openai/io-b"
+    assert ask(gw, "cost-io", words, max_tokens=1000).headers["x-omniroute-model"] == "openai/io-b"
 
 
 def test_context_optimized_picks_the_smallest_window_that_fits(gw: Gateway, fake: FakeUpstream) -> None:

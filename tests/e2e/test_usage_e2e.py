@@ -237,12 +237,6 @@ def test_mid_stream_failure_is_recorded(gw: Gateway) -> None:
     assert 0 < row["output_tokens"] <= 10 and row["stream"] is True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client disconnects are never noticed under granian: engine/http.py:139 StreamingResponse.__call__ (called "
-    "from engine/app.py:85 with `send` only) relies on "
-    "send() raising on a closed connection, but granian only logs 'ASGI transport error: Closed' and returns, so the "
-    "gateway pumps the whole upstream answer and records it as a success (error_class NULL, full tokens and cost); "
-    "the cancelled branch of engine/pipeline.py (_passthrough_stream/_translated_stream) never runs"))
 def test_cancelled_stream_is_recorded_with_the_tokens_seen(gw: Gateway) -> None:
     body = {"model": "u-cancel", "stream": True, "messages": [{"role": "user", "content": "[[words:30]] [[slow:50]]"}]}
     seen = 0
