@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jmespath
+import jmespath.exceptions
 from jmespath import functions as jfunctions
 
 Fn = Callable[[Any], Any]
@@ -186,6 +187,16 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
         pairs = [(c["value"], _compile(c["children"][0], fns)) for c in ch]
         return lambda d: None if d is None else {k: f(d) for k, f in pairs}
     if t == "function_expression":
+        if node["value"] == "map" and len(ch) == 2 and ch[0]["type"] == "expref":
+            each, over = _compile(ch[0]["children"][0], fns), _compile(ch[1], fns)
+
+            def map_(d: Any) -> Any:
+                items = over(d)
+                if not isinstance(items, list):
+                    raise jmespath.exceptions.JMESPathTypeError("map", items, type(items).__name__, ["array"])
+                return [each(x) for x in items]
+
+            return map_
         if any(c["type"] == "expref" for c in ch):
             raise Unsupported
         name = node["value"]
