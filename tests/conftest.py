@@ -42,3 +42,25 @@ def gateway(gateway_factory: Any) -> Gateway:
             "combos": {"duo": {"strategy": "priority", "targets": ["openai/fail-503", "openai/gpt-4.1"]}},
         }
     )
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`launch(config, workers=1, ipv6=False)`: a gateway on exactly this config (no default
+    providers), stopped with its whole process group when the module ends."""
+    started: list[Gateway] = []
+
+    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
+        work = tmp_path_factory.mktemp("gw")
+        config = {"data_dir": str(work / "data"), **config}
+        if ipv6:
+            config["server"] = {**config.get("server", {}), "host": "::1"}
+        g = Gateway(Path(work), config, workers=workers)
+        if ipv6:
+            g.base_url = f"http://[::1]:{g.port}"
+        started.append(g)
+        return g.start()
+
+    yield make
+    for g in started:
+        g.stop()

@@ -8,14 +8,11 @@ only the rules it exercises. What an upstream received is read back from the fak
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,25 +54,52 @@ def _on(header: str, value: str) -> dict[str, Any]:
 
 def _policies() -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
-        {"name": "no-gpt4o", "match": {"field": "model", "eq": "openai/gpt-4o"},
-         "deny": {"status": 403, "message": "model {model} is off limits for key {key}"}},
-        {"name": "deny-400", "match": _on("x-deny", "400"), "deny": {"status": 400, "message": "refused: bad team"}},
+        {
+            "name": "no-gpt4o",
+            "match": {"field": "model", "eq": "openai/gpt-4o"},
+            "deny": {"status": 403, "message": "model {model} is off limits for key {key}"},
+        },
+        {
+            "name": "deny-400",
+            "match": _on("x-deny", "400"),
+            "deny": {"status": 400, "message": "refused: bad team"},
+        },
         {"name": "reroute", "match": _on("x-team", "blue"), "route": "anthropic/claude-haiku-4-5"},
         {"name": "capper", "match": _on("x-cap", "1"), "cap": {"max_tokens": 7, "temperature": 0.5}},
         {"name": "setter", "match": _on("x-set", "1"), "set": {"max_tokens": 33, "temperature": 0.2}},
         {"name": "rl-a-limit", "match": {"field": "key", "eq": "rl-a"}, "rate_limit": {"rpm": 3}},
-        {"name": "closed-hours", "match": {"all": [_on("x-sched", "1"),
-                                                   {"schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()}}]},
-         "deny": {"message": "closed at this hour"}},
-        {"name": "open-hours", "match": {"all": [_on("x-sched", "2"), {"schedule": {"hours": "00:00-24:00"}}]},
-         "deny": {"message": "refused all day long"}},
+        {
+            "name": "closed-hours",
+            "match": {
+                "all": [
+                    _on("x-sched", "1"),
+                    {"schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()}},
+                ]
+            },
+            "deny": {"message": "closed at this hour"},
+        },
+        {
+            "name": "open-hours",
+            "match": {"all": [_on("x-sched", "2"), {"schedule": {"hours": "00:00-24:00"}}]},
+            "deny": {"message": "refused all day long"},
+        },
     ]
     for mode in ("prepend", "append", "replace"):
-        rules.append({"name": f"sys-{mode}", "match": _on("x-sys", mode), "system_prompt": {"mode": mode, "text": SYS}})
+        rules.append(
+            {"name": f"sys-{mode}", "match": _on("x-sys", mode), "system_prompt": {"mode": mode, "text": SYS}}
+        )
     rules += [
         {"name": "think-off", "match": _on("x-think", "off"), "thinking_budget": {"mode": "off"}},
-        {"name": "think-tokens", "match": _on("x-think", "tokens"), "thinking_budget": {"mode": "tokens", "tokens": 2048}},
-        {"name": "think-effort", "match": _on("x-think", "effort"), "thinking_budget": {"mode": "effort", "effort": "high"}},
+        {
+            "name": "think-tokens",
+            "match": _on("x-think", "tokens"),
+            "thinking_budget": {"mode": "tokens", "tokens": 2048},
+        },
+        {
+            "name": "think-effort",
+            "match": _on("x-think", "effort"),
+            "thinking_budget": {"mode": "effort", "effort": "high"},
+        },
     ]
     return rules
 
@@ -89,74 +113,14 @@ def _config(fake_url: str) -> dict[str, Any]:
             {"name": "rl-b", "key": "sk-rl-b-000001", "rpm": 2},
             {"name": "mc", "key": "sk-mc-0000001", "max_concurrent": 1},
             {"name": "ml", "key": "sk-ml-0000001", "models": ["openai/gpt-4.1*"]},
-            {"name": "sched", "key": "sk-sched-00001", "schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()}},
+            {
+                "name": "sched",
+                "key": "sk-sched-00001",
+                "schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()},
+            },
         ],
         "policies": _policies(),
     }
-
-
-# ------------------------------------------------------------------ gateways of this module
-# Started with a long timeout (a busy machine can take half a minute to compile the specs), and
-# stopped with their whole process tree: a granian worker its supervisor left behind (a stop
-# during start-up) is found by the config path on its command line and ended by its id.
-
-
-def _processes_of(g: Gateway) -> list[int]:
-    needle = str(g.config_path).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"engine.cli" in args and needle in args:
-                pids.append(int(entry))
-    return pids
-
-
-def _kill_all(g: Gateway) -> None:
-    for pid in _processes_of(g):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def start(g: Gateway) -> Gateway:
-    try:
-        return g.start(timeout=120)
-    except RuntimeError:
-        _kill_all(g)
-        raise
-
-
-def stop(g: Gateway, sig: int | None = None) -> int | None:
-    code = g.stop(sig)
-    _kill_all(g)
-    return code
-
-
-@pytest.fixture(scope="module")
-def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`launch(config, workers=1, ipv6=False)`: a started gateway, stopped when the module ends."""
-    started: list[Gateway] = []
-
-    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
-        work = tmp_path_factory.mktemp("gw")
-        config = {"data_dir": str(work / "data"), **config}
-        if ipv6:
-            config["server"] = {**config.get("server", {}), "host": "::1"}
-        g = Gateway(work, config, workers=workers)
-        if ipv6:
-            g.base_url = f"http://[::1]:{g.port}"
-        started.append(g)
-        return start(g)
-
-    yield make
-    for g in started:
-        stop(g)
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +129,28 @@ def gw(launch: Any, fake: FakeUpstream) -> Gateway:
 
 
 def oai(gw: Gateway, key: str = PA, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0,
-                         default_headers={**NO_CACHE, **headers})
+    return openai.OpenAI(
+        base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0, default_headers={**NO_CACHE, **headers}
+    )
 
 
 def claude(gw: Gateway, key: str = PA, **headers: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0, default_headers={**NO_CACHE, **headers})
+    return anthropic.Anthropic(
+        base_url=gw.base_url, api_key=key, max_retries=0, default_headers={**NO_CACHE, **headers}
+    )
 
 
-def ask(gw: Gateway, model: str = "openai/gpt-4.1", content: str = "hi", key: str = PA,
-        headers: dict[str, str] | None = None, **kw: Any) -> Any:
+def ask(
+    gw: Gateway,
+    model: str = "openai/gpt-4.1",
+    content: str = "hi",
+    key: str = PA,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> Any:
     return oai(gw, key, **(headers or {})).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": content}], **kw)
+        model=model, messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def received(fake: FakeUpstream, marker: str) -> list[dict[str, Any]]:
@@ -201,33 +175,50 @@ def wait_for(pred: Any, timeout: float = 5.0) -> None:
 # ------------------------------------------------------------------ deny, route, set, cap
 
 
-def test_deny_answers_in_the_openai_format_and_never_reaches_upstream(gw: Gateway, fake: FakeUpstream) -> None:
+def test_deny_answers_in_the_openai_format_and_never_reaches_upstream(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
     before = fake.stats()["total"]
     with pytest.raises(openai.PermissionDeniedError) as e:
         ask(gw, "openai/gpt-4o")
     assert e.value.status_code == 403
     err = e.value.response.json()["error"]
-    assert err["message"] == "model openai/gpt-4o is off limits for key pa" and err["type"] == "permission_error"
+    assert (
+        err["message"] == "model openai/gpt-4o is off limits for key pa" and err["type"] == "permission_error"
+    )
     with pytest.raises(openai.BadRequestError) as e4:
         ask(gw, headers={"x-deny": "400"})
-    assert e4.value.response.json()["error"] == {**e4.value.response.json()["error"], "message": "refused: bad team",
-                                                 "type": "invalid_request_error"}
+    assert e4.value.response.json()["error"] == {
+        **e4.value.response.json()["error"],
+        "message": "refused: bad team",
+        "type": "invalid_request_error",
+    }
     assert fake.stats()["total"] == before
 
 
 def test_deny_answers_in_the_anthropic_format(gw: Gateway, fake: FakeUpstream) -> None:
     before = fake.stats()["total"]
     with pytest.raises(anthropic.PermissionDeniedError) as e:
-        claude(gw).messages.create(model="openai/gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        claude(gw).messages.create(
+            model="openai/gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
     body = e.value.body
-    assert body == {"type": "error", "error": {"type": "permission_error",
-                                               "message": "model openai/gpt-4o is off limits for key pa"}}
+    assert body == {
+        "type": "error",
+        "error": {"type": "permission_error", "message": "model openai/gpt-4o is off limits for key pa"},
+    }
     # Gemini and Ollama routes too
-    gem = httpx.post(f"{gw.base_url}/v1beta/models/openai/gpt-4o:generateContent", headers={"x-goog-api-key": PA},
-                     json={"contents": [{"parts": [{"text": "hi"}]}]})
+    gem = httpx.post(
+        f"{gw.base_url}/v1beta/models/openai/gpt-4o:generateContent",
+        headers={"x-goog-api-key": PA},
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+    )
     assert gem.status_code == 403 and gem.json()["error"]["status"] == "PERMISSION_DENIED"
-    oll = httpx.post(f"{gw.base_url}/api/chat", headers={"authorization": f"Bearer {PA}"},
-                     json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    oll = httpx.post(
+        f"{gw.base_url}/api/chat",
+        headers={"authorization": f"Bearer {PA}"},
+        json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert oll.status_code == 403 and oll.json() == {"error": "model openai/gpt-4o is off limits for key pa"}
     assert fake.stats()["total"] == before
 
@@ -237,7 +228,9 @@ def test_route_rewrites_the_model(gw: Gateway, fake: FakeUpstream) -> None:
     r = ask(gw, "openai/gpt-4.1", marker, headers={"x-team": "blue"})
     assert r.headers["x-omniroute-model"] == "anthropic/claude-haiku-4-5"
     got = received(fake, marker)
-    assert [x["route"] for x in got] == ["anthropic.messages"] and got[0]["body"]["model"] == "claude-haiku-4-5"
+    assert [x["route"] for x in got] == ["anthropic.messages"] and got[0]["body"][
+        "model"
+    ] == "claude-haiku-4-5"
 
 
 def test_cap_lowers_and_fills_limits(gw: Gateway, fake: FakeUpstream) -> None:
@@ -289,13 +282,19 @@ def system_received(conn: str, body: dict[str, Any]) -> str | None:
 
 
 @pytest.mark.parametrize("conn", list(UPSTREAMS))
-@pytest.mark.parametrize(("mode", "expected"), [
-    ("prepend", f"{SYS}\n\n{CLIENT_SYS}"), ("append", f"{CLIENT_SYS}\n\n{SYS}"), ("replace", SYS)])
-def test_system_prompt_reaches_each_upstream_format(gw: Gateway, fake: FakeUpstream, conn: str, mode: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("prepend", f"{SYS}\n\n{CLIENT_SYS}"), ("append", f"{CLIENT_SYS}\n\n{SYS}"), ("replace", SYS)],
+)
+def test_system_prompt_reaches_each_upstream_format(
+    gw: Gateway, fake: FakeUpstream, conn: str, mode: str, expected: str
+) -> None:
     marker = uuid.uuid4().hex
     oai(gw, **{"x-sys": mode}).chat.completions.create(
-        model=UPSTREAMS[conn], max_tokens=50,
-        messages=[{"role": "system", "content": CLIENT_SYS}, {"role": "user", "content": marker}])
+        model=UPSTREAMS[conn],
+        max_tokens=50,
+        messages=[{"role": "system", "content": CLIENT_SYS}, {"role": "user", "content": marker}],
+    )
     assert system_received(conn, only(fake, marker)) == expected
 
 
@@ -306,23 +305,38 @@ def thinking_received(conn: str, body: dict[str, Any]) -> Any:
     if conn == "anthropic":
         return body.get("thinking", "<absent>")
     if conn == "gemini":
-        return (body.get("generationConfig") or {}).get("thinkingConfig", {}).get("thinkingBudget", "<absent>")
+        return (
+            (body.get("generationConfig") or {}).get("thinkingConfig", {}).get("thinkingBudget", "<absent>")
+        )
     return body.get("think", "<absent>")
 
 
 THINKING = {  # mode -> what each upstream must receive
     "off": {"openai": "none", "anthropic": "<absent>", "gemini": 0, "ollama": False},
-    "tokens": {"openai": "low", "anthropic": {"type": "enabled", "budget_tokens": 2048}, "gemini": 2048, "ollama": True},
-    "effort": {"openai": "high", "anthropic": {"type": "enabled", "budget_tokens": 16384}, "gemini": 16384, "ollama": True},
+    "tokens": {
+        "openai": "low",
+        "anthropic": {"type": "enabled", "budget_tokens": 2048},
+        "gemini": 2048,
+        "ollama": True,
+    },
+    "effort": {
+        "openai": "high",
+        "anthropic": {"type": "enabled", "budget_tokens": 16384},
+        "gemini": 16384,
+        "ollama": True,
+    },
 }
 
 
 @pytest.mark.parametrize("conn", list(UPSTREAMS))
 @pytest.mark.parametrize("mode", list(THINKING))
-def test_thinking_budget_reaches_each_upstream_format(gw: Gateway, fake: FakeUpstream, conn: str, mode: str) -> None:
+def test_thinking_budget_reaches_each_upstream_format(
+    gw: Gateway, fake: FakeUpstream, conn: str, mode: str
+) -> None:
     marker = uuid.uuid4().hex
     out = oai(gw, **{"x-think": mode}).chat.completions.create(
-        model=THINKERS[conn], max_tokens=100, messages=[{"role": "user", "content": marker}])
+        model=THINKERS[conn], max_tokens=100, messages=[{"role": "user", "content": marker}]
+    )
     assert out.choices[0].message.content
     body = only(fake, marker)
     assert thinking_received(conn, body) == THINKING[mode][conn]
@@ -334,15 +348,19 @@ def test_thinking_budget_reaches_each_upstream_format(gw: Gateway, fake: FakeUps
 def test_thinking_budget_spares_models_that_cannot_think(gw: Gateway, fake: FakeUpstream, model: str) -> None:
     marker = uuid.uuid4().hex
     oai(gw, **{"x-think": "effort"}).chat.completions.create(
-        model=model, max_tokens=100, messages=[{"role": "user", "content": marker}])
+        model=model, max_tokens=100, messages=[{"role": "user", "content": marker}]
+    )
     assert thinking_received(model.split("/")[0], only(fake, marker)) == "<absent>"
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("off", False), ("tokens", "low"), ("effort", "high")])
-def test_thinking_budget_gives_gpt_oss_an_effort_level(gw: Gateway, fake: FakeUpstream, mode: str, expected: Any) -> None:
+def test_thinking_budget_gives_gpt_oss_an_effort_level(
+    gw: Gateway, fake: FakeUpstream, mode: str, expected: Any
+) -> None:
     marker = uuid.uuid4().hex
     oai(gw, **{"x-think": mode}).chat.completions.create(
-        model="ollama/gpt-oss:20b", max_tokens=100, messages=[{"role": "user", "content": marker}])
+        model="ollama/gpt-oss:20b", max_tokens=100, messages=[{"role": "user", "content": marker}]
+    )
     assert only(fake, marker)["think"] == expected
 
 
@@ -359,8 +377,9 @@ def test_rate_limit_rule_counts_per_key(gw: Gateway, fake: FakeUpstream) -> None
     assert "rate limit of rule 'rl-a-limit' reached: 3 requests per minute for key 'rl-a'" in str(e.value)
     assert 1 <= int(e.value.response.headers["retry-after"]) <= 61
     with pytest.raises(anthropic.RateLimitError) as ae:  # the same limit, in the Anthropic shape
-        claude(gw, "sk-rl-a-000001").messages.create(model="openai/gpt-4.1", max_tokens=10,
-                                                     messages=[{"role": "user", "content": "hi"}])
+        claude(gw, "sk-rl-a-000001").messages.create(
+            model="openai/gpt-4.1", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
     assert ae.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert ask(gw).status_code == 200  # other keys are not counted
 
@@ -376,7 +395,10 @@ def test_key_rpm_shortcut(gw: Gateway) -> None:
 def test_max_concurrent_per_key(gw: Gateway) -> None:
     key = "sk-mc-0000001"
     stream = oai(gw, key).chat.completions.create(
-        model="openai/gpt-4.1", messages=[{"role": "user", "content": "[[words:4]] [[slow:500]]"}], stream=True)
+        model="openai/gpt-4.1",
+        messages=[{"role": "user", "content": "[[words:4]] [[slow:500]]"}],
+        stream=True,
+    )
     chunks = iter(stream)
     next(chunks)  # in flight
     with pytest.raises(openai.RateLimitError) as e:
@@ -392,7 +414,9 @@ def test_key_models_allow_list(gw: Gateway, fake: FakeUpstream) -> None:
     before = fake.stats()["total"]
     with pytest.raises(openai.PermissionDeniedError) as e:
         ask(gw, "anthropic/claude-haiku-4-5", key=key)
-    assert "key 'ml' may not use model 'anthropic/claude-haiku-4-5' (allowed: openai/gpt-4.1*)" in str(e.value)
+    assert "key 'ml' may not use model 'anthropic/claude-haiku-4-5' (allowed: openai/gpt-4.1*)" in str(
+        e.value
+    )
     assert fake.stats()["total"] == before
 
 
@@ -420,8 +444,11 @@ def test_global_system_prompt_setting_applies(gw: Gateway, fake: FakeUpstream) -
         assert any(p["name"] == "settings:system-prompt" and p["readonly"] for p in listing)
         for conn in ("openai", "anthropic"):
             marker = uuid.uuid4().hex
-            oai(gw).chat.completions.create(model=UPSTREAMS[conn], max_tokens=20, messages=[
-                {"role": "system", "content": CLIENT_SYS}, {"role": "user", "content": marker}])
+            oai(gw).chat.completions.create(
+                model=UPSTREAMS[conn],
+                max_tokens=20,
+                messages=[{"role": "system", "content": CLIENT_SYS}, {"role": "user", "content": marker}],
+            )
             assert system_received(conn, only(fake, marker)) == f"{CLIENT_SYS}\n\nGLOBAL-SYS"
         bad = httpx.put(url, json={"mode": "sideways"})
         assert bad.status_code == 400 and "mode" in bad.json()["error"]["message"]
@@ -438,21 +465,26 @@ def test_global_thinking_budget_setting_applies(gw: Gateway, fake: FakeUpstream)
     try:
         assert r.status_code == 200 and r.json() == {"mode": "tokens", "tokens": 3000}
         marker = uuid.uuid4().hex
-        claude(gw).messages.create(model="anthropic/claude-sonnet-4-5", max_tokens=100,
-                                   messages=[{"role": "user", "content": marker}])
+        claude(gw).messages.create(
+            model="anthropic/claude-sonnet-4-5",
+            max_tokens=100,
+            messages=[{"role": "user", "content": marker}],
+        )
         assert only(fake, marker)["thinking"] == {"type": "enabled", "budget_tokens": 3000}
         # a config rule placed after the settings rules wins for its requests
         marker = uuid.uuid4().hex
         oai(gw, **{"x-think": "effort"}).chat.completions.create(
-            model="openai/gpt-5", messages=[{"role": "user", "content": marker}])
+            model="openai/gpt-5", messages=[{"role": "user", "content": marker}]
+        )
         assert only(fake, marker)["reasoning_effort"] == "high"
         bad = httpx.put(url, json={"mode": "tokens", "tokens": 0})
         assert bad.status_code == 400
     finally:
         assert httpx.put(url, json={"mode": "passthrough"}).json() == {"mode": "passthrough"}
     marker = uuid.uuid4().hex
-    claude(gw).messages.create(model="anthropic/claude-sonnet-4-5", max_tokens=100,
-                               messages=[{"role": "user", "content": marker}])
+    claude(gw).messages.create(
+        model="anthropic/claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": marker}]
+    )
     assert "thinking" not in only(fake, marker)
 
 
@@ -475,8 +507,13 @@ def test_check_reports_bad_rules_with_their_location(tmp_path: Path) -> None:
     )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "check", "-c", str(cfg)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "check", "-c", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and out.stdout == "", out
     assert out.stderr.splitlines() == [
         "3 problem(s) in the configuration:",
@@ -495,8 +532,10 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
     def consume() -> None:
         try:
             for c in oai(gw).chat.completions.create(
-                model="openai/gpt-4.1-nano", messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}],
-                stream=True):
+                model="openai/gpt-4.1-nano",
+                messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}],
+                stream=True,
+            ):
                 if c.choices and c.choices[0].delta.content:
                     words.append(c.choices[0].delta.content.strip())
         except BaseException as e:  # reported below
@@ -508,8 +547,13 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
     wait_for(lambda: len(words) >= 2)
     gen = gw.health()["generation"]
     cfg = yaml.safe_load(original)
-    cfg["policies"].append({"name": "no-nano", "match": {"field": "model", "eq": "openai/gpt-4.1-nano"},
-                            "deny": {"message": "nano is switched off"}})
+    cfg["policies"].append(
+        {
+            "name": "no-nano",
+            "match": {"field": "model", "eq": "openai/gpt-4.1-nano"},
+            "deny": {"message": "nano is switched off"},
+        }
+    )
     gw.write_config(cfg)
     try:
         wait_for(lambda: gw.health()["generation"] == gen + 1)
@@ -533,7 +577,11 @@ def test_policy_reload_while_a_stream_runs(gw: Gateway) -> None:
 def gw6(launch: Any, fake: FakeUpstream) -> Gateway:
     """A gateway of its own on the IPv6 loopback: the policy API test restarts it and the IP filter
     test ends by locking every client out."""
-    config = {"providers": demo_providers(fake.base_url), "keys": [{"name": "pa", "key": PA}], "policies": _policies()[:1]}
+    config = {
+        "providers": demo_providers(fake.base_url),
+        "keys": [{"name": "pa", "key": PA}],
+        "policies": _policies()[:1],
+    }
     return launch(config, ipv6=True)  # type: ignore[no-any-return]
 
 
@@ -545,19 +593,28 @@ def test_policy_api_rules_persist_across_a_restart(gw6: Gateway) -> None:
     r = httpx.delete(f"{base}/api/policies/no-gpt4o")
     assert r.status_code == 409 and "read-only" in r.json()["error"]["message"]
 
-    rule = {"name": "api-deny", "match": {"field": "header.x-api-rule", "eq": "1"},
-            "deny": {"status": 403, "message": "blocked by an API rule"}}
+    rule = {
+        "name": "api-deny",
+        "match": {"field": "header.x-api-rule", "eq": "1"},
+        "deny": {"status": 403, "message": "blocked by an API rule"},
+    }
     r = httpx.post(f"{base}/api/policies", json=rule)
     assert r.status_code == 201 and r.json()["policy"]["readonly"] is False
     assert httpx.post(f"{base}/api/policies", json=rule).status_code == 409
     bad = httpx.post(f"{base}/api/policies", json={"name": "broken", "deny": {"status": 99}})
     assert bad.status_code == 400 and bad.json()["error"]["problems"][0].startswith("deny.status")
     missing_target = httpx.post(f"{base}/api/policies", json={"name": "nowhere", "route": "nosuch/model"})
-    assert missing_target.status_code == 400 and "no provider 'nosuch'" in missing_target.json()["error"]["message"]
+    assert (
+        missing_target.status_code == 400
+        and "no provider 'nosuch'" in missing_target.json()["error"]["message"]
+    )
 
     def refused() -> bool:
-        r = httpx.post(f"{base}/v1/chat/completions", headers={"x-api-rule": "1", **NO_CACHE},
-                       json={"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers={"x-api-rule": "1", **NO_CACHE},
+            json={"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+        )
         if r.status_code == 403:
             assert r.json()["error"]["message"] == "blocked by an API rule"
             return True
@@ -565,8 +622,8 @@ def test_policy_api_rules_persist_across_a_restart(gw6: Gateway) -> None:
         return False
 
     assert refused()
-    stop(gw6)
-    start(gw6)
+    gw6.stop()
+    gw6.start()
     names = [p["name"] for p in httpx.get(f"{base}/api/policies").json()["policies"]]
     assert names.index("no-gpt4o") < names.index("api-deny")  # config rules first, then API rules
     assert refused()
@@ -592,10 +649,18 @@ def test_ip_filter_on_ipv6_loopback(gw6: Gateway) -> None:
     # block ::1 itself, forced: every route refuses
     r = httpx.put(url, json={"allow": [], "block": ["::1/128"], "exempt_loopback": False})
     assert r.status_code == 409
-    r = httpx.put(url, params={"force": "true"}, json={"allow": [], "block": ["::1/128"], "exempt_loopback": False})
+    r = httpx.put(
+        url, params={"force": "true"}, json={"allow": [], "block": ["::1/128"], "exempt_loopback": False}
+    )
     assert r.status_code == 200
-    for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/messages"), ("GET", "/v1/models"),
-                         ("GET", "/api/policies"), ("GET", "/health"), ("PUT", "/api/settings/ip-filter")):
+    for method, path in (
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/messages"),
+        ("GET", "/v1/models"),
+        ("GET", "/api/policies"),
+        ("GET", "/health"),
+        ("PUT", "/api/settings/ip-filter"),
+    ):
         r = httpx.request(method, f"{base}{path}", json={})
         assert r.status_code == 403, (path, r.status_code)
         assert "::1 is not allowed by the IP filter" in r.json()["error"]["message"]
@@ -612,8 +677,15 @@ def test_ip_filter_blocks_ipv4_loopback_everywhere(gw: Gateway, fake: FakeUpstre
     assert ask(gw).status_code == 200  # nothing changed
     before = fake.stats()["total"]
     assert httpx.put(url, params={"force": "true"}, json=body).status_code == 200
-    for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/messages"), ("POST", "/api/chat"),
-                         ("GET", "/v1/models"), ("GET", "/api/policies"), ("GET", "/health"), ("PUT", "/api/settings/ip-filter")):
+    for method, path in (
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/messages"),
+        ("POST", "/api/chat"),
+        ("GET", "/v1/models"),
+        ("GET", "/api/policies"),
+        ("GET", "/health"),
+        ("PUT", "/api/settings/ip-filter"),
+    ):
         r = httpx.request(method, f"{gw.base_url}{path}", json={})
         assert r.status_code == 403, (path, r.status_code)
     with pytest.raises(openai.PermissionDeniedError):

@@ -10,15 +10,12 @@ other tests; the `tight` profile of the `brk` connection is the one whose breake
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -51,31 +48,71 @@ def _config(fake_url: str) -> dict[str, Any]:
         "io-a": {"price": {"input": 1, "output": 10}},
         "io-b": {"price": {"input": 5, "output": 1}},
     }
-    providers.update({
-        "oa429": {"spec": "openai", "base_url": oa, "api_key": "sk-oa429", "models": {"fail-429": {}}},
-        "oaslow": {"spec": "openai", "base_url": oa, "api_key": "sk-slow", "timeouts": {"first_byte": 0.5},
-                   "models": {"slow-3000": {}}},
-        "down": {"spec": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "sk-down"},
-        "pool": {"spec": "openai", "base_url": oa, "accounts": [{"api_key": "quota-1"}, {"api_key": "sk-good"}]},
-        "authpool": {"spec": "openai", "base_url": oa, "accounts": [{"api_key": "bad-1"}, {"api_key": "sk-good-2"}]},
-        "retry": {"spec": "openai", "base_url": oa, "api_key": "sk-retry", "models": {"retry-model": {}}},
-        "brk": {"spec": "openai", "base_url": oa, "api_key": "sk-brk", "resilience_profile": "tight",
-                "models": {"brk-model": {}}},
-    })
+    providers.update(
+        {
+            "oa429": {"spec": "openai", "base_url": oa, "api_key": "sk-oa429", "models": {"fail-429": {}}},
+            "oaslow": {
+                "spec": "openai",
+                "base_url": oa,
+                "api_key": "sk-slow",
+                "timeouts": {"first_byte": 0.5},
+                "models": {"slow-3000": {}},
+            },
+            "down": {
+                "spec": "openai",
+                "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                "api_key": "sk-down",
+            },
+            "pool": {
+                "spec": "openai",
+                "base_url": oa,
+                "accounts": [{"api_key": "quota-1"}, {"api_key": "sk-good"}],
+            },
+            "authpool": {
+                "spec": "openai",
+                "base_url": oa,
+                "accounts": [{"api_key": "bad-1"}, {"api_key": "sk-good-2"}],
+            },
+            "retry": {"spec": "openai", "base_url": oa, "api_key": "sk-retry", "models": {"retry-model": {}}},
+            "brk": {
+                "spec": "openai",
+                "base_url": oa,
+                "api_key": "sk-brk",
+                "resilience_profile": "tight",
+                "models": {"brk-model": {}},
+            },
+        }
+    )
     combos: dict[str, Any] = {
         "prio": {"strategy": "priority", "targets": ["openai/gpt-4.1-mini", "openai/gpt-4.1"]},
         "rr": {"strategy": "round-robin", "targets": ["openai/gpt-4.1", BACKUP]},
-        "wt": {"strategy": "weighted", "targets": [{"model": "openai/gpt-4.1", "weight": 9}, {"model": BACKUP, "weight": 1},
-                                                   {"model": "openai/gpt-4.1-mini", "weight": 0}]},
+        "wt": {
+            "strategy": "weighted",
+            "targets": [
+                {"model": "openai/gpt-4.1", "weight": 9},
+                {"model": BACKUP, "weight": 1},
+                {"model": "openai/gpt-4.1-mini", "weight": 0},
+            ],
+        },
         "rnd": {"strategy": "random", "targets": ["openai/gpt-4.1", BACKUP]},
         "deck": {"strategy": "strict-random", "targets": ["openai/gpt-4.1", BACKUP, "openai/gpt-4.1-mini"]},
         "lu": {"strategy": "least-used", "targets": ["openai/gpt-4.1", BACKUP]},
         "lat": {"strategy": "latency-optimized", "targets": ["openai/slow-600", "openai/gpt-4.1-nano"]},
         # gpt-4.1 2/8, gpt-4.1-nano 0.10/0.40, claude-sonnet-4-5 3/15 USD per million; fail-500 has no price
-        "cheap": {"strategy": "cost-optimized",
-                  "targets": ["openai/fail-500", "openai/gpt-4.1", "openai/gpt-4.1-nano", "anthropic/claude-sonnet-4-5"]},
+        "cheap": {
+            "strategy": "cost-optimized",
+            "targets": [
+                "openai/fail-500",
+                "openai/gpt-4.1",
+                "openai/gpt-4.1-nano",
+                "anthropic/claude-sonnet-4-5",
+            ],
+        },
         "cost-io": {"strategy": "cost-optimized", "targets": ["openai/io-b", "openai/io-a"]},
-        "ctx": {"strategy": "context-optimized", "targets": ["openai/ctx-big", "openai/ctx-small", "openai/ctx-mid"]},
+        "ctx": {
+            "strategy": "context-optimized",
+            "targets": ["openai/ctx-big", "openai/ctx-small", "openai/ctx-mid"],
+        },
         "cap": {"strategy": "priority", "targets": ["openai/notools-1", "openai/gpt-4.1"]},
         "fb-429": {"targets": ["oa429/fail-429", BACKUP]},
         "fb-timeout": {"targets": ["oaslow/slow-3000", BACKUP]},
@@ -89,76 +126,20 @@ def _config(fake_url: str) -> dict[str, Any]:
     return {
         "providers": providers,
         "combos": combos,
-        "resilience": {"profiles": {
-            "default": {"failure_threshold": 1000, "cooldown_base_s": 0, "cooldown_max_s": 1},
-            # a long reset_s while the open state is checked; the test shortens it through PUT /api/resilience
-            "tight": {"failure_threshold": 2, "window_s": 60, "reset_s": 30, "cooldown_base_s": 0, "cooldown_max_s": 1},
-        }},
+        "resilience": {
+            "profiles": {
+                "default": {"failure_threshold": 1000, "cooldown_base_s": 0, "cooldown_max_s": 1},
+                # a long reset_s while the open state is checked; the test shortens it through PUT /api/resilience
+                "tight": {
+                    "failure_threshold": 2,
+                    "window_s": 60,
+                    "reset_s": 30,
+                    "cooldown_base_s": 0,
+                    "cooldown_max_s": 1,
+                },
+            }
+        },
     }
-
-
-# ------------------------------------------------------------------ gateways of this module
-# Started with a long timeout (a busy machine can take half a minute to compile the specs), and
-# stopped with their whole process tree: a granian worker its supervisor left behind (a stop
-# during start-up) is found by the config path on its command line and ended by its id.
-
-
-def _processes_of(g: Gateway) -> list[int]:
-    needle = str(g.config_path).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"engine.cli" in args and needle in args:
-                pids.append(int(entry))
-    return pids
-
-
-def _kill_all(g: Gateway) -> None:
-    for pid in _processes_of(g):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def start(g: Gateway) -> Gateway:
-    try:
-        return g.start(timeout=120)
-    except RuntimeError:
-        _kill_all(g)
-        raise
-
-
-def stop(g: Gateway, sig: int | None = None) -> int | None:
-    code = g.stop(sig)
-    _kill_all(g)
-    return code
-
-
-@pytest.fixture(scope="module")
-def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`launch(config, workers=1, ipv6=False)`: a started gateway, stopped when the module ends."""
-    started: list[Gateway] = []
-
-    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
-        work = tmp_path_factory.mktemp("gw")
-        config = {"data_dir": str(work / "data"), **config}
-        if ipv6:
-            config["server"] = {**config.get("server", {}), "host": "::1"}
-        g = Gateway(work, config, workers=workers)
-        if ipv6:
-            g.base_url = f"http://[::1]:{g.port}"
-        started.append(g)
-        return start(g)
-
-    yield make
-    for g in started:
-        stop(g)
 
 
 @pytest.fixture(scope="module")
@@ -167,24 +148,32 @@ def gw(launch: Any, fake: FakeUpstream) -> Gateway:
 
 
 def oai(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="anything", max_retries=0, default_headers=NO_CACHE)
+    return openai.OpenAI(
+        base_url=f"{gw.base_url}/v1", api_key="anything", max_retries=0, default_headers=NO_CACHE
+    )
 
 
 def claude(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.base_url, api_key="anything", max_retries=0, default_headers=NO_CACHE)
+    return anthropic.Anthropic(
+        base_url=gw.base_url, api_key="anything", max_retries=0, default_headers=NO_CACHE
+    )
 
 
 def ask(gw: Gateway, model: str, content: str = "hi", **kw: Any) -> Any:
     """A non-stream chat through the OpenAI SDK; the raw response (headers) with `.parse()`."""
     return oai(gw).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": content}], **kw)
+        model=model, messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def served(gw: Gateway, model: str, n: int, http: httpx.Client) -> Counter[str]:
     counts: Counter[str] = Counter()
     for _ in range(n):
-        r = http.post(f"{gw.base_url}/v1/chat/completions", headers=NO_CACHE,
-                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        r = http.post(
+            f"{gw.base_url}/v1/chat/completions",
+            headers=NO_CACHE,
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        )
         assert r.status_code == 200, r.text
         counts[r.headers["x-omniroute-model"]] += 1
     return counts
@@ -258,7 +247,8 @@ def test_strict_random_deals_each_target_first_once_per_cycle(gw: Gateway) -> No
 def test_least_used_avoids_the_target_busy_with_a_stream(gw: Gateway) -> None:
     assert ask(gw, "lu").headers["x-omniroute-model"] == "openai/gpt-4.1"  # a tie keeps the written order
     stream = oai(gw).chat.completions.create(
-        model="lu", messages=[{"role": "user", "content": "[[words:5]] [[slow:400]]"}], stream=True)
+        model="lu", messages=[{"role": "user", "content": "[[words:5]] [[slow:400]]"}], stream=True
+    )
     chunks = iter(stream)
     next(chunks)  # the stream holds gpt-4.1 in flight
     assert ask(gw, "lu").headers["x-omniroute-model"] == BACKUP
@@ -283,12 +273,19 @@ def test_cost_optimized_picks_the_cheapest_priced_target(gw: Gateway) -> None:
     plan = admin(gw, "GET", "/api/route/explain", params={"model": "cheap", "max_tokens": 20}).json()
     order = [a["key"] for a in plan["attempts"]]
     # by price for this size; the unpriced target comes last
-    assert order == ["openai/gpt-4.1-nano", "openai/gpt-4.1", "anthropic/claude-sonnet-4-5", "openai/fail-500"]
+    assert order == [
+        "openai/gpt-4.1-nano",
+        "openai/gpt-4.1",
+        "anthropic/claude-sonnet-4-5",
+        "openai/fail-500",
+    ]
 
 
 def test_cost_optimized_prices_the_requests_own_max_tokens(gw: Gateway) -> None:
     # ~30 input tokens: with max_tokens 1, io-a costs 30*1 + 1*10 = 40 and io-b 30*5 + 1*1 = 151 (x1e-6 USD)
-    plan = admin(gw, "GET", "/api/route/explain", params={"model": "cost-io", "max_tokens": 1, "input_tokens": 30}).json()
+    plan = admin(
+        gw, "GET", "/api/route/explain", params={"model": "cost-io", "max_tokens": 1, "input_tokens": 30}
+    ).json()
     assert [a["key"] for a in plan["attempts"]] == ["openai/io-a", "openai/io-b"]
     words = "word " * 24  # ~30 input tokens at 4 characters a token
     assert ask(gw, "cost-io", words, max_tokens=1).headers["x-omniroute-model"] == "openai/io-a"
@@ -310,7 +307,12 @@ def test_context_optimized_picks_the_smallest_window_that_fits(gw: Gateway, fake
 
 def test_capability_filter_skips_a_target_without_tools(gw: Gateway, fake: FakeUpstream) -> None:
     marker = uuid.uuid4().hex
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     r = ask(gw, "cap", f"{marker} [[tool]]", tools=tools)
     assert r.headers["x-omniroute-model"] == "openai/gpt-4.1"
     assert r.headers["x-omniroute-attempts"] == "1"  # filtered before any attempt, not a failure
@@ -322,12 +324,20 @@ def test_capability_filter_skips_a_target_without_tools(gw: Gateway, fake: FakeU
     first, second = plan["attempts"]
     assert first["key"] == "openai/notools-1" and first["skipped"] == "model lacks tools"
     assert second["key"] == "openai/gpt-4.1" and second["skipped"] is None
-    assert admin(gw, "GET", "/api/route/explain", params={"model": "cap"}).json()["attempts"][0]["skipped"] is None
+    assert (
+        admin(gw, "GET", "/api/route/explain", params={"model": "cap"}).json()["attempts"][0]["skipped"]
+        is None
+    )
 
 
 def test_cli_explain_shows_the_skip_reason(gw: Gateway) -> None:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "explain", "-c", str(gw.config_path), "cap", "--needs", "tools"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "explain", "-c", str(gw.config_path), "cap", "--needs", "tools"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "cap: combo cap (priority)"
@@ -358,9 +368,16 @@ def test_fallback_on_429_and_the_account_cools_for_retry_after(gw: Gateway, fake
     assert r.headers["x-omniroute-model"] == BACKUP and r.headers["x-omniroute-attempts"] == "2"
     wait_for(lambda: account(gw, "oa429")["available"], 3)  # back after the upstream's 1 s
     # a longer Retry-After: the account cools that long, and the combo skips it meanwhile
-    fake.script({"status": 429, "headers": {"retry-after": "30"},
-                 "body": {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}},
-                model="fail-429")
+    fake.script(
+        {
+            "status": 429,
+            "headers": {"retry-after": "30"},
+            "body": {
+                "error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
+            },
+        },
+        model="fail-429",
+    )
     r = ask(gw, "fb-429", marker)
     assert r.headers["x-omniroute-model"] == BACKUP and r.headers["x-omniroute-attempts"] == "2"
     view = account(gw, "oa429")
@@ -369,7 +386,12 @@ def test_fallback_on_429_and_the_account_cools_for_retry_after(gw: Gateway, fake
     r = ask(gw, "fb-429", marker)
     assert r.headers["x-omniroute-model"] == BACKUP and r.headers["x-omniroute-attempts"] == "1"
     assert [x["route"] for x in received(fake, marker)] == [
-        "openai.chat", "anthropic.messages", "openai.chat", "anthropic.messages", "anthropic.messages"]
+        "openai.chat",
+        "anthropic.messages",
+        "openai.chat",
+        "anthropic.messages",
+        "anthropic.messages",
+    ]
 
 
 def test_error_directive_fails_every_target_after_falling_back(gw: Gateway, fake: FakeUpstream) -> None:
@@ -498,19 +520,39 @@ def test_circuit_breaker_opens_half_opens_and_closes(gw: Gateway, fake: FakeUpst
     assert "circuit breaker of brk is open" in e.value.response.json()["error"]["message"]
     assert 20 <= int(e.value.response.headers["retry-after"]) <= 30
     with pytest.raises(anthropic.APIStatusError) as ae:
-        claude(gw).messages.create(model="brk/brk-model", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        claude(gw).messages.create(
+            model="brk/brk-model", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+        )
     assert ae.value.status_code == 503 and ae.value.response.headers["retry-after"]
     body = ae.value.response.json()
     assert body["type"] == "error" and "circuit breaker of brk is open" in body["error"]["message"]
-    gem = admin(gw, "POST", "/v1beta/models/brk/brk-model:generateContent", json={"contents": [{"parts": [{"text": "hi"}]}]})
-    assert gem.status_code == 503 and gem.json()["error"]["status"] == "UNAVAILABLE" and gem.headers["retry-after"]
-    oll = admin(gw, "POST", "/api/chat", json={"model": "brk/brk-model", "messages": [{"role": "user", "content": "hi"}]})
+    gem = admin(
+        gw,
+        "POST",
+        "/v1beta/models/brk/brk-model:generateContent",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+    )
+    assert (
+        gem.status_code == 503
+        and gem.json()["error"]["status"] == "UNAVAILABLE"
+        and gem.headers["retry-after"]
+    )
+    oll = admin(
+        gw,
+        "POST",
+        "/api/chat",
+        json={"model": "brk/brk-model", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert oll.status_code == 503 and "circuit breaker of brk is open" in oll.json()["error"]
     assert fake.stats()["counts"].get("openai.chat", 0) == before
 
     avail = admin(gw, "GET", "/api/models/availability").json()
     entry = next(m for m in avail["models"] if m["model"] == "brk/brk-model")
-    assert entry["available"] is False and "circuit breaker" in entry["reason"] and entry["retry_at"] > time.time() + 10
+    assert (
+        entry["available"] is False
+        and "circuit breaker" in entry["reason"]
+        and entry["retry_at"] > time.time() + 10
+    )
 
     # a run-time override shortens reset_s: the breaker turns half-open within 2 s and admits
     # one probe, which fails, so it opens again
@@ -561,7 +603,11 @@ def test_reset_and_availability_clear_reopen_a_blocked_provider(gw: Gateway, fak
     trip()
     r = admin(gw, "POST", "/api/models/availability", json={"model": "brk/brk-model"})
     assert r.status_code == 200 and r.json()["connections"] == ["brk"]
-    entry = next(m for m in admin(gw, "GET", "/api/models/availability").json()["models"] if m["model"] == "brk/brk-model")
+    entry = next(
+        m
+        for m in admin(gw, "GET", "/api/models/availability").json()["models"]
+        if m["model"] == "brk/brk-model"
+    )
     assert entry["available"] is True and entry["reason"] is None
     assert ask(gw, "brk/brk-model").status_code == 200
     bad = admin(gw, "POST", "/api/models/availability", json={"provider": "nosuch"})
@@ -612,7 +658,10 @@ def test_resilience_put_validates_and_overrides(gw: Gateway) -> None:
 def test_mid_stream_failure_ends_the_openai_stream_with_an_error(gw: Gateway, fake: FakeUpstream) -> None:
     marker = uuid.uuid4().hex
     stream = oai(gw).chat.completions.create(
-        model="midstream", messages=[{"role": "user", "content": f"{marker} [[words:10]] [[cut:3]]"}], stream=True)
+        model="midstream",
+        messages=[{"role": "user", "content": f"{marker} [[words:10]] [[cut:3]]"}],
+        stream=True,
+    )
     words = []
     with pytest.raises(openai.APIError):
         for chunk in stream:
@@ -622,12 +671,19 @@ def test_mid_stream_failure_ends_the_openai_stream_with_an_error(gw: Gateway, fa
     assert [x["route"] for x in received(fake, marker)] == ["openai.chat"]  # no fallback after the first byte
 
 
-def test_mid_stream_failure_ends_the_anthropic_stream_with_an_error_event(gw: Gateway, fake: FakeUpstream) -> None:
+def test_mid_stream_failure_ends_the_anthropic_stream_with_an_error_event(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
     marker = uuid.uuid4().hex
     text = []
-    with pytest.raises(anthropic.APIStatusError) as e, claude(gw).messages.stream(
-        model="midstream", max_tokens=100, messages=[{"role": "user", "content": f"{marker} [[words:10]] [[cut:3]]"}]
-    ) as s:
+    with (
+        pytest.raises(anthropic.APIStatusError) as e,
+        claude(gw).messages.stream(
+            model="midstream",
+            max_tokens=100,
+            messages=[{"role": "user", "content": f"{marker} [[words:10]] [[cut:3]]"}],
+        ) as s,
+    ):
         for t in s.text_stream:  # the error event raises while iterating
             text.append(t.strip())
     assert text == ["word1", "word2", "word3"]
@@ -642,7 +698,8 @@ def test_combo_reload_while_a_stream_runs(gw: Gateway) -> None:
     def consume() -> None:
         try:
             for c in oai(gw).chat.completions.create(
-                model="live", messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}], stream=True):
+                model="live", messages=[{"role": "user", "content": "[[words:25]] [[slow:200]]"}], stream=True
+            ):
                 if c.choices and c.choices[0].delta.content:
                     words.append(c.choices[0].delta.content.strip())
         except BaseException as e:  # reported below

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -35,8 +34,20 @@ ALICE = "sk-alice-usage-0001"
 TINY = "sk-tiny-budget-0001"
 TINY_LIMIT = Decimal("0.001")  # USD: a handful of requests
 NO_CACHE = {"x-omniroute-no-cache": "true"}  # usage of upstream calls is what is tested here
-ALIASES = ("u-ok", "u-err", "u-stream", "u-stream-x", "u-cancel", "u-cost", "u-sql", "u-api", "u-burst", "u-term",
-           "u-multi", "u-cut")
+ALIASES = (
+    "u-ok",
+    "u-err",
+    "u-stream",
+    "u-stream-x",
+    "u-cancel",
+    "u-cost",
+    "u-sql",
+    "u-api",
+    "u-burst",
+    "u-term",
+    "u-multi",
+    "u-cut",
+)
 
 
 def _config(fake_url: str, **extra: Any) -> dict[str, Any]:
@@ -48,73 +59,11 @@ def _config(fake_url: str, **extra: Any) -> dict[str, Any]:
         ],
         "aliases": {a: "openai/gpt-4.1" for a in ALIASES},
         "combos": {"u-fb": {"strategy": "priority", "targets": ["openai/fail-503", "openai/gpt-4.1"]}},
-        "resilience": {"profiles": {"default": {"failure_threshold": 1000, "cooldown_base_s": 0, "cooldown_max_s": 1}}},
+        "resilience": {
+            "profiles": {"default": {"failure_threshold": 1000, "cooldown_base_s": 0, "cooldown_max_s": 1}}
+        },
         **extra,
     }
-
-
-# ------------------------------------------------------------------ gateways of this module
-# Started with a long timeout (a busy machine can take half a minute to compile the specs), and
-# stopped with their whole process tree: a granian worker its supervisor left behind (a stop
-# during start-up) is found by the config path on its command line and ended by its id.
-
-
-def _processes_of(g: Gateway) -> list[int]:
-    needle = str(g.config_path).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"engine.cli" in args and needle in args:
-                pids.append(int(entry))
-    return pids
-
-
-def _kill_all(g: Gateway) -> None:
-    for pid in _processes_of(g):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def start(g: Gateway) -> Gateway:
-    try:
-        return g.start(timeout=120)
-    except RuntimeError:
-        _kill_all(g)
-        raise
-
-
-def stop(g: Gateway, sig: int | None = None) -> int | None:
-    code = g.stop(sig)
-    _kill_all(g)
-    return code
-
-
-@pytest.fixture(scope="module")
-def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`launch(config, workers=1, ipv6=False)`: a started gateway, stopped when the module ends."""
-    started: list[Gateway] = []
-
-    def make(config: dict[str, Any], *, workers: int = 1, ipv6: bool = False) -> Gateway:
-        work = tmp_path_factory.mktemp("gw")
-        config = {"data_dir": str(work / "data"), **config}
-        if ipv6:
-            config["server"] = {**config.get("server", {}), "host": "::1"}
-        g = Gateway(work, config, workers=workers)
-        if ipv6:
-            g.base_url = f"http://[::1]:{g.port}"
-        started.append(g)
-        return start(g)
-
-    yield make
-    for g in started:
-        stop(g)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +80,9 @@ def oai(gw: Gateway, key: str = ALICE) -> openai.OpenAI:
 
 
 def chat(gw: Gateway, model: str, content: str = "hi", key: str = ALICE, **kw: Any) -> Any:
-    return oai(gw, key).chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+    return oai(gw, key).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def sql(gw: Gateway, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -177,11 +128,24 @@ def usd(micro_times_million: Decimal) -> Decimal:
 def test_success_is_recorded(gw: Gateway) -> None:
     out = chat(gw, "u-ok", "[[words:7]]")
     (row,) = rows_for(gw, "u-ok", 1)
-    assert row["final"] is True and row["attempt"] == 0 and row["status"] == 200 and row["error_class"] is None
-    assert row["key_name"] == "alice" and row["client_format"] == "openai-chat" and row["route"] == "/v1/chat/completions"
-    assert row["provider"] == "openai" and row["provider_spec"] == "openai" and row["upstream_model"] == "gpt-4.1"
+    assert (
+        row["final"] is True and row["attempt"] == 0 and row["status"] == 200 and row["error_class"] is None
+    )
+    assert (
+        row["key_name"] == "alice"
+        and row["client_format"] == "openai-chat"
+        and row["route"] == "/v1/chat/completions"
+    )
+    assert (
+        row["provider"] == "openai"
+        and row["provider_spec"] == "openai"
+        and row["upstream_model"] == "gpt-4.1"
+    )
     assert row["account"] == "openai" and row["modality"] == "chat" and row["stream"] is False
-    assert row["input_tokens"] == out.usage.prompt_tokens and row["output_tokens"] == out.usage.completion_tokens == 7
+    assert (
+        row["input_tokens"] == out.usage.prompt_tokens
+        and row["output_tokens"] == out.usage.completion_tokens == 7
+    )
     assert row["latency_ms"] > 0 and row["ttfb_ms"] > 0 and row["bytes_in"] > 0 and row["bytes_out"] > 0
     assert row["cost_usd"] is not None and row["combo"] is None
 
@@ -198,9 +162,19 @@ def test_fallback_leaves_one_row_per_attempt(gw: Gateway) -> None:
     chat(gw, "u-fb")
     first, second = rows_for(gw, "u-fb", 2)
     assert first["request_id"] == second["request_id"]
-    assert (first["attempt"], first["final"], first["status"], first["error_class"]) == (0, False, 503, "server")
+    assert (first["attempt"], first["final"], first["status"], first["error_class"]) == (
+        0,
+        False,
+        503,
+        "server",
+    )
     assert first["upstream_model"] == "fail-503"
-    assert (second["attempt"], second["final"], second["status"], second["error_class"]) == (1, True, 200, None)
+    assert (second["attempt"], second["final"], second["status"], second["error_class"]) == (
+        1,
+        True,
+        200,
+        None,
+    )
     assert second["upstream_model"] == "gpt-4.1" and first["combo"] == second["combo"] == "u-fb"
     (req,) = sql(gw, "SELECT attempt, status FROM requests WHERE model_requested = 'u-fb'")
     assert req == {"attempt": 1, "status": 200}
@@ -217,11 +191,17 @@ def test_openai_stream_is_recorded(gw: Gateway) -> None:
 
 def test_translated_stream_is_recorded(gw: Gateway) -> None:
     client = anthropic.Anthropic(base_url=gw.base_url, api_key=ALICE, max_retries=0, default_headers=NO_CACHE)
-    with client.messages.stream(model="u-stream-x", max_tokens=100, messages=[{"role": "user", "content": "[[words:9]]"}]) as s:
+    with client.messages.stream(
+        model="u-stream-x", max_tokens=100, messages=[{"role": "user", "content": "[[words:9]]"}]
+    ) as s:
         text = "".join(s.text_stream)
     assert text.split()[-1] == "word9"
     (row,) = rows_for(gw, "u-stream-x", 1)
-    assert row["client_format"] == "anthropic-messages" and row["route"] == "/v1/messages" and row["stream"] is True
+    assert (
+        row["client_format"] == "anthropic-messages"
+        and row["route"] == "/v1/messages"
+        and row["stream"] is True
+    )
     assert row["output_tokens"] == 9 and row["provider"] == "openai" and row["error_class"] is None
 
 
@@ -238,10 +218,19 @@ def test_mid_stream_failure_is_recorded(gw: Gateway) -> None:
 
 
 def test_cancelled_stream_is_recorded_with_the_tokens_seen(gw: Gateway) -> None:
-    body = {"model": "u-cancel", "stream": True, "messages": [{"role": "user", "content": "[[words:30]] [[slow:50]]"}]}
+    body = {
+        "model": "u-cancel",
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[words:30]] [[slow:50]]"}],
+    }
     seen = 0
-    with httpx.stream("POST", f"{gw.base_url}/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {ALICE}", **NO_CACHE}, timeout=30) as r:
+    with httpx.stream(
+        "POST",
+        f"{gw.base_url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {ALICE}", **NO_CACHE},
+        timeout=30,
+    ) as r:
         for line in r.iter_lines():
             if '"content"' in line:
                 seen += 1
@@ -250,7 +239,9 @@ def test_cancelled_stream_is_recorded_with_the_tokens_seen(gw: Gateway) -> None:
     (row,) = rows_for(gw, "u-cancel", 1, timeout=8)
     assert row["error_class"] == "cancelled" and row["final"] is True and row["stream"] is True
     assert 0 < row["output_tokens"] < 30
-    assert row["cost_usd"] is not None and Decimal(str(row["cost_usd"])) > 0  # tokens seen so far are paid for
+    assert (
+        row["cost_usd"] is not None and Decimal(str(row["cost_usd"])) > 0
+    )  # tokens seen so far are paid for
 
 
 def test_cost_matches_the_spec_price(gw: Gateway) -> None:
@@ -259,8 +250,11 @@ def test_cost_matches_the_spec_price(gw: Gateway) -> None:
     u = out.usage
     cached = u.prompt_tokens_details.cached_tokens
     assert cached == 6 and u.completion_tokens == 33
-    expected = usd((u.prompt_tokens - cached) * price["input"] + cached * price["cached_input"]
-                   + u.completion_tokens * price["output"])
+    expected = usd(
+        (u.prompt_tokens - cached) * price["input"]
+        + cached * price["cached_input"]
+        + u.completion_tokens * price["output"]
+    )
     (row,) = rows_for(gw, "u-cost", 1)
     assert row["cached_tokens"] == 6 and row["input_tokens"] == u.prompt_tokens
     assert Decimal(str(row["cost_usd"])) == expected
@@ -274,20 +268,34 @@ def test_cost_matches_the_spec_price(gw: Gateway) -> None:
 
 
 def run_sql_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "sql", "--data-dir", str(data), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "sql", "--data-dir", str(data), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_sql_cli_reads_while_the_server_runs_and_refuses_writes(gw: Gateway) -> None:
     for _ in range(3):
         chat(gw, "u-sql")
     rows_for(gw, "u-sql", 3)
-    out = run_sql_cli(data_dir(gw), "SELECT count(*) AS n, sum(output_tokens) > 0 AS tokens FROM requests "
-                                    "WHERE model_requested = 'u-sql'", "--format", "json")
+    out = run_sql_cli(
+        data_dir(gw),
+        "SELECT count(*) AS n, sum(output_tokens) > 0 AS tokens FROM requests "
+        "WHERE model_requested = 'u-sql'",
+        "--format",
+        "json",
+    )
     assert out.returncode == 0, out.stderr
     assert orjson.loads(out.stdout) == [{"n": 3, "tokens": True}]
-    for write in ("DELETE FROM usage", "DROP VIEW usage", "SELECT 1; DELETE FROM usage",
-                  "COPY (SELECT 1) TO '/tmp/omniroute-e2e-copy.csv'"):
+    for write in (
+        "DELETE FROM usage",
+        "DROP VIEW usage",
+        "SELECT 1; DELETE FROM usage",
+        "COPY (SELECT 1) TO '/tmp/omniroute-e2e-copy.csv'",
+    ):
         bad = run_sql_cli(data_dir(gw), write)
         assert bad.returncode == 1, (write, bad.stdout, bad.stderr)
         assert "refused" in bad.stderr and bad.stdout == ""
@@ -307,7 +315,10 @@ def test_usage_endpoints_answer_with_real_data(gw: Gateway) -> None:
     rows_for(gw, "u-api", 2)
     hist = httpx.get(f"{gw.base_url}/api/usage/history", params={"model": "u-api", "bucket": "hour"}).json()
     assert hist["bucket"] == "hour"
-    assert sum(s["requests"] for s in hist["series"]) == 2 and sum(s["output_tokens"] for s in hist["series"]) == 10
+    assert (
+        sum(s["requests"] for s in hist["series"]) == 2
+        and sum(s["output_tokens"] for s in hist["series"]) == 10
+    )
     logs = httpx.get(f"{gw.base_url}/api/usage/logs", params={"model": "u-api", "limit": 1}).json()
     assert len(logs["items"]) == 1 and logs["hasMore"] is True
     item = logs["items"][0]
@@ -319,7 +330,9 @@ def test_usage_endpoints_answer_with_real_data(gw: Gateway) -> None:
     assert conn["totals"]["attempts"] >= 2 and any(m["name"] == "gpt-4.1" for m in conn["models"])
     prices = httpx.get(f"{gw.base_url}/api/pricing", params={"provider": "anthropic"}).json()["models"]
     assert prices and all(k.startswith("anthropic/") for k in prices)
-    assert prices["anthropic/claude-sonnet-4-5"]["input"] == float(spec_price("anthropic", "claude-sonnet-4-5")["input"])
+    assert prices["anthropic/claude-sonnet-4-5"]["input"] == float(
+        spec_price("anthropic", "claude-sonnet-4-5")["input"]
+    )
 
 
 # ------------------------------------------------------------------ several workers, kill -9
@@ -331,14 +344,19 @@ async def _many(gw: Gateway, n: int) -> list[int]:
     async def one() -> int:
         # a connection per request, so the kernel spreads them over both workers
         async with httpx.AsyncClient(timeout=30) as http:
-            r = await http.post(f"{gw.base_url}/v1/chat/completions", json=body,
-                                headers={"authorization": f"Bearer {ALICE}", **NO_CACHE})
+            r = await http.post(
+                f"{gw.base_url}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {ALICE}", **NO_CACHE},
+            )
             return r.status_code
 
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-def test_two_workers_record_everything_and_kill_9_leaves_data_that_opens(launch: Any, fake: FakeUpstream) -> None:
+def test_two_workers_record_everything_and_kill_9_leaves_data_that_opens(
+    launch: Any, fake: FakeUpstream
+) -> None:
     g = launch(_config(fake.base_url), workers=2)
     # /health answered from one worker; the other may still be building its runtime
     deadline = time.monotonic() + 30
@@ -349,12 +367,16 @@ def test_two_workers_record_everything_and_kill_9_leaves_data_that_opens(launch:
     rows = rows_for(g, "u-multi", 40, timeout=10)  # flushed
     assert len({r["request_id"] for r in rows}) == 40
     by_worker = sql(g, "SELECT worker, count(*) AS n FROM usage WHERE model_requested = 'u-multi' GROUP BY 1")
-    assert sum(w["n"] for w in by_worker) == 40 and {w["worker"] for w in by_worker} == {"w0", "w1"}, by_worker
+    assert sum(w["n"] for w in by_worker) == 40 and {w["worker"] for w in by_worker} == {"w0", "w1"}, (
+        by_worker
+    )
     assert not re.search(r"lock|Traceback|ERROR", g.log(), re.IGNORECASE), g.log()
 
     codes = asyncio.run(_many(g, 6))  # maybe still in memory when the processes die
-    assert g.proc is not None and len(_processes_of(g)) == 3  # granian's supervisor and both workers
-    _kill_all(g)  # kill -9, all at once
+    from tools.gateway_proc import process_tree
+
+    assert g.proc is not None and len(process_tree(g.proc.pid)) == 3  # granian's supervisor and both workers
+    os.killpg(g.proc.pid, signal.SIGKILL)  # kill -9, the whole group at once
     g.proc.wait(10)
     survived = count_offline(data_dir(g), "model_requested = 'u-multi'")  # opens cleanly, read-only
     assert 40 <= survived <= 46  # at most one flush interval is lost
@@ -367,8 +389,9 @@ async def _burst(gw: Gateway, n: int) -> list[httpx.Response]:
     body = {"model": "u-burst", "max_tokens": 20, "messages": [{"role": "user", "content": "[[words:20]]"}]}
     headers = {"authorization": f"Bearer {TINY}", **NO_CACHE}
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as http:
-        return await asyncio.gather(*(http.post(f"{gw.base_url}/v1/chat/completions", json=body, headers=headers)
-                                      for _ in range(n)))
+        return await asyncio.gather(
+            *(http.post(f"{gw.base_url}/v1/chat/completions", json=body, headers=headers) for _ in range(n))
+        )
 
 
 def _next_month_iso() -> str:
@@ -386,13 +409,22 @@ def test_budget_holds_under_concurrency_survives_sigterm_and_restart_then_shutdo
     err = blocked[0].json()["error"]
     assert "'tiny'" in err["message"] and "monthly budget of $0.001" in err["message"]
     assert f"resets at {_next_month_iso()}" in err["message"] and err["type"] == "rate_limit_error"
-    until_reset = (datetime.fromisoformat(_next_month_iso().replace("Z", "+00:00")) - datetime.now(UTC)).total_seconds()
+    until_reset = (
+        datetime.fromisoformat(_next_month_iso().replace("Z", "+00:00")) - datetime.now(UTC)
+    ).total_seconds()
     assert abs(int(blocked[0].headers["retry-after"]) - until_reset) < 120
     # spend what is left, one at a time, until the key is refused
     extra = 0
     for _ in range(10):
-        r = httpx.post(f"{gw.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {TINY}", **NO_CACHE},
-                       json={"model": "u-burst", "max_tokens": 20, "messages": [{"role": "user", "content": "[[words:20]]"}]})
+        r = httpx.post(
+            f"{gw.base_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {TINY}", **NO_CACHE},
+            json={
+                "model": "u-burst",
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": "[[words:20]]"}],
+            },
+        )
         extra += 1
         if r.status_code == 429:
             break
@@ -401,8 +433,9 @@ def test_budget_holds_under_concurrency_survives_sigterm_and_restart_then_shutdo
         pytest.fail("the budget never ran out")
     # the Anthropic route answers in its own shape
     with pytest.raises(anthropic.RateLimitError) as e:
-        anthropic.Anthropic(base_url=gw.base_url, api_key=TINY, max_retries=0, default_headers=NO_CACHE).messages.create(
-            model="u-burst", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        anthropic.Anthropic(
+            base_url=gw.base_url, api_key=TINY, max_retries=0, default_headers=NO_CACHE
+        ).messages.create(model="u-burst", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert "budget" in e.value.body["error"]["message"] and e.value.response.headers["retry-after"]  # type: ignore[index]
     total = 20 + extra + 1
@@ -414,16 +447,19 @@ def test_budget_holds_under_concurrency_survives_sigterm_and_restart_then_shutdo
     for _ in range(5):
         chat(gw, "u-term")
 
-    assert stop(gw, signal.SIGTERM) == 0
+    assert gw.stop(signal.SIGTERM) == 0
     data = data_dir(gw)
     assert count_offline(data, "key_name = 'tiny'") == total  # SIGTERM lost nothing
     assert count_offline(data, "model_requested = 'u-term'") == 5
-    _, rows = run_query(data, "SELECT sum(cost_micro_usd), count(*) FILTER (WHERE error_class = 'budget' AND status = 429 "
-                              "AND final) FROM usage WHERE key_name = 'tiny'")
+    _, rows = run_query(
+        data,
+        "SELECT sum(cost_micro_usd), count(*) FILTER (WHERE error_class = 'budget' AND status = 429 "
+        "AND final) FROM usage WHERE key_name = 'tiny'",
+    )
     assert rows[0][0] == spent <= TINY_LIMIT * 10**6  # never over the limit
     assert rows[0][1] == len(blocked) + 2
 
-    start(gw)
+    gw.start()
     # spend is rebuilt from the records: the key stays blocked
     status = httpx.get(f"{gw.base_url}/api/usage/budget", params={"keyId": "tiny"}).json()["budgets"][0]
     assert status["spent_micro_usd"] == spent
