@@ -219,6 +219,7 @@ class OpenAIChat:
                 final = stream.get_final_completion()
             except openai.LengthFinishReasonError as e:  # the helper refuses to parse a cut answer
                 final = e.completion
+        reply.headers = self.hdr.last
         msg = final.choices[0].message
         reply.text = msg.content or ""
         reply.calls = [(c.id, c.function.name, _args(c.function.arguments)) for c in msg.tool_calls or ()]
@@ -331,6 +332,7 @@ class OpenAIResponses:
                 # token limit ends with response.incomplete, whose response is as complete.
                 assert last is not None and last.type in ("response.completed", "response.incomplete"), last
                 out = last.response
+            reply.headers = self.hdr.last
         for item in out.output:
             if item.type == "reasoning":
                 reply.thinking += "".join(s.text for s in item.summary)
@@ -458,6 +460,7 @@ class AnthropicMessages:
                     reply.text_chunks += 1 if ev.type == "text" else 0
                     reply.usage_seen += 1 if ev.type in ("message_start", "message_delta") else 0
                 out = stream.get_final_message()
+            reply.headers = self.hdr.last
         for b in out.content:
             if b.type == "thinking":
                 reply.thinking += b.thinking

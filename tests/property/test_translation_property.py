@@ -35,7 +35,7 @@ from tools.fake_upstream.launch import FakeUpstream
 
 CLIENT_FORMATS = ("openai-chat", "openai-responses", "anthropic-messages", "gemini", "ollama")
 UPSTREAM_FORMATS = ("openai-chat", "anthropic-messages", "gemini", "ollama")
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @cache
@@ -526,7 +526,7 @@ def test_encoders_write_what_the_upstream_accepts(up: str, data: st.DataObject) 
 
 @pytest.mark.parametrize("up", UPSTREAM_FORMATS)
 @pytest.mark.parametrize("client", UPSTREAM_FORMATS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # 16 pairs
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # 16 pairs
 @given(data=st.data())
 def test_valid_client_bodies_translate_to_what_the_upstream_accepts(
     client: str, up: str, data: st.DataObject
@@ -577,20 +577,20 @@ def prop_gateway(gateway_factory: Any) -> Gateway:
     return gw
 
 
-@pytest.mark.parametrize("upstream", list(UPSTREAM_MODELS))
 @pytest.mark.parametrize("fid", CLIENT_FORMATS)
 @settings(
-    max_examples=8,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
 def test_server_answers_any_body_with_200_or_4xx(
-    prop_gateway: Gateway, fake: FakeUpstream, fid: str, upstream: str, data: st.DataObject
+    prop_gateway: Gateway, fake: FakeUpstream, fid: str, data: st.DataObject
 ) -> None:
     """200 or 4xx, never 5xx, for any body on any route. A 4xx the gateway made itself (no
     x-omniroute-provider: no upstream answered) never reached upstream; a 4xx an upstream gave
     (garbage the client's own API refuses too, passed on) comes from exactly one upstream call."""
+    upstream = data.draw(st.sampled_from(sorted(UPSTREAM_MODELS)))
     body = data.draw(client_bodies(fid))
     model = UPSTREAM_MODELS[upstream]
     if (
