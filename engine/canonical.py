@@ -47,7 +47,7 @@ USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_t
 STOP_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
 
 # Request features a format may not be able to carry; see Format.supports.
-FEATURES = ("tools", "images", "thinking", "response_format", "stop", "top_k", "seed", "n", "reasoning")
+FEATURES = ("tools", "tool_choice", "images", "image_urls", "thinking", "response_format", "stop", "top_k", "seed", "n", "reasoning")
 
 
 def merge_usage(into: dict[str, int], update: dict[str, Any]) -> None:
@@ -80,6 +80,9 @@ def features_used(req: dict[str, Any]) -> set[str]:
     used: set[str] = set()
     if req.get("tools"):
         used.add("tools")
+        tc = req.get("tool_choice")
+        if tc == "required" or isinstance(tc, dict):  # forcing a call; auto/none every format can say
+            used.add("tool_choice")
     for k in ("stop", "top_k", "seed", "reasoning"):
         if req.get(k):
             used.add(k)
@@ -93,6 +96,8 @@ def features_used(req: dict[str, Any]) -> set[str]:
             t = p.get("type")
             if t == "image":
                 used.add("images")
+                if p.get("url"):
+                    used.add("image_urls")
             elif t == "thinking":
                 used.add("thinking")
     return used

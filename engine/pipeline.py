@@ -20,7 +20,7 @@ import orjson
 
 from .attempts import run_attempts
 from .canonical import clean_usage, estimate_tokens, features_used
-from .errors import ClientError, GatewayError, RateLimited, UpstreamError
+from .errors import ERROR_KINDS, ClientError, GatewayError, RateLimited, UpstreamError
 from .http import JSONResponse, Response, StreamingResponse
 from .pricing import cost_micro_usd, worst_case_micro_usd
 from .routing import Target, resolve
@@ -630,12 +630,20 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
                     yield progress(False)
                 continue
             out = []
+            failure = None
             for ev in decoder.feed(chunk):
                 if ev.get("type") == "error":
-                    raise UpstreamError(ev.get("message") or "upstream stream error", status=502, provider=conn_id)
+                    failure = ev
+                    break
                 b = encoder.push(ev)
                 if b:
                     out.append(b)
+            if failure is not None:
+                if out:  # what upstream sent before failing still reaches the client, then the error
+                    started = True
+                    yield b"".join(out)
+                kind = failure.get("kind") or "server"
+                raise UpstreamError(failure.get("message") or "upstream stream error", status=ERROR_KINDS.get(kind, 502), kind=kind, provider=conn_id)
             if out:
                 started = True
                 b = b"".join(out)

@@ -231,19 +231,12 @@ def raw_upstream() -> Iterator[str]:
     server.server_close()
 
 
-LOST_TAIL = (
-    "engine/pipeline.py _translated_stream: when an upstream read decodes to text events followed by an "
-    "in-band error event, it raises on the error and drops the events already encoded from that read "
-    "(`out`), so the client never gets the words that preceded the error. Fix: on an error event, yield "
-    "b''.join(out) first (when anything was started) and then the format's error event; likewise encode "
-    "the error with the upstream's kind (overloaded) rather than a bare 502."
-)
 
 
 @pytest.mark.parametrize(
     "client",
     [
-        pytest.param(c, marks=[] if c == "anthropic" else [pytest.mark.xfail(strict=True, reason=LOST_TAIL)])
+        pytest.param(c)
         for c in CLIENTS
     ],
 )

@@ -144,7 +144,7 @@ def f_image_url(c: Ctx) -> None:
     images = c.view.images(c.body())
     lossy = r.headers.get("x-omniroute-lossy", "")
     # Carried as a URL, or (a format that cannot carry URLs) reported as lost: never silently dropped.
-    assert [(i.kind, i.value) for i in images] == [("url", url)] or "images" in lossy.split(","), (
+    assert [(i.kind, i.value) for i in images] == [("url", url)] or "image_urls" in lossy.split(","), (
         images,
         lossy,
     )
@@ -445,31 +445,11 @@ def applies(client: str, upstream: str, feature: str) -> bool:
 
 # Known engine defects: (client or None, upstream or None, feature) -> reason. Proposed fixes are
 # in the reasons; a fixed defect turns its tests into XPASS failures.
-XFAIL: dict[tuple[str | None, str | None, str], str] = {
-    (None, "ollama", "image_url"): (
-        "engine/canonical.py: features_used reports base64 and URL images alike as 'images', which Ollama "
-        "supports, so the image URL the Ollama spec must drop (its wire takes base64 only) is neither sent "
-        "nor reported in x-omniroute-lossy (strict_translation cannot refuse it either). Fix: a separate "
-        "'image_urls' feature in canonical.FEATURES, set by features_used for image parts with a `url`, "
-        "listed in `supports` of every format spec but ollama (or: the gateway fetches the URL and inlines it)."
-    ),
-    (None, "ollama", "tool_choice"): (
-        "engine/canonical.py: a forced tool choice is not a feature (FEATURES has no 'tool_choice'), so "
-        "Ollama, whose API cannot force a tool, silently drops it: no call, no x-omniroute-lossy. Fix: "
-        "features_used adds 'tool_choice' when tool_choice is 'required' or {name}; every format spec but "
-        "ollama lists it in `supports`."
-    ),
-}
+XFAIL: dict[tuple[str | None, str | None, str], str] = {}
 # Defects that show only when the network happens to deliver two upstream events in one read:
 # not strict (a run where they arrive apart passes); the deterministic reproduction is
 # test_client_sdks.py::test_in_band_error_after_a_burst_keeps_the_words_before_it.
-RACY: dict[tuple[str | None, str | None, str], str] = {
-    (None, "anthropic", "cut_stream"): (
-        "engine/pipeline.py _translated_stream drops the text events decoded from the same upstream read "
-        "as Anthropic's in-band error event (the fake sends it right after the third word), so the client "
-        "often misses 'word3'. Not strict: it passes when the two arrive in separate reads."
-    ),
-}
+RACY: dict[tuple[str | None, str | None, str], str] = {}
 
 
 def _lookup(

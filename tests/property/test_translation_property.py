@@ -573,7 +573,7 @@ SAME_FORMAT = {
 
 @pytest.fixture(scope="module")
 def prop_gateway(gateway_factory: Any) -> Gateway:
-    gw: Gateway = gateway_factory({})
+    gw: Gateway = gateway_factory({"settings": {"log_level": "info"}})
     return gw
 
 
