@@ -581,6 +581,7 @@ def prop_gateway(gateway_factory: Any) -> Gateway:
 @settings(
     max_examples=12,
     deadline=None,
+    phases=[__import__("hypothesis").Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())

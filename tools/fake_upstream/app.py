@@ -217,6 +217,10 @@ async def handle(method: str, req: Request) -> Reply:
     try:
         denied = provider.auth(req)
         result: Reply = denied if denied is not None else await handler(req)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        # A body shape the fake's checks did not foresee: the real APIs answer such input with a
+        # 400, never a 5xx, so the fake does too (and names what tripped it).
+        result = provider.error(400, f"invalid request body (fake_upstream could not read it: {exc!r})")
     except Exception as exc:  # a bug here must surface as an answer, not as a hung client
         result = provider.error(500, f"fake_upstream internal error: {exc!r}")
     if extra:
