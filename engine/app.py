@@ -184,6 +184,8 @@ class App:
         return gemini
 
     async def models(self, req: Request) -> Response:
+        if "x-goog-api-key" in req.headers or (req.scope.get("query_string") and "key" in req.query):
+            return await self.gemini_models(req)  # google-genai lists models under /v1 too
         rt = self.gw.runtime
         self.gw.authenticate(req, rt)
         created = int(self.gw.started)

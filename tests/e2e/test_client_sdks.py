@@ -109,13 +109,6 @@ def test_gemini_model_list_v1beta(gw: Gateway) -> None:
     assert models["models/gemini/gemini-2.5-flash"].input_token_limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/app.py: GET /v1/models is the OpenAI model list, so google-genai with api_version='v1' "
-    "gets an OpenAI body and lists no models. Fix: App.models answers in Gemini shape "
-    "({'models': [...]}, as gemini_models) when the request carries x-goog-api-key or ?key= "
-    "(google-genai always sends x-goog-api-key), or when it asks ?pageSize=.",
-)
 def test_gemini_model_list_v1(gw: Gateway) -> None:
     client = genai.Client(api_key="any", http_options=gt.HttpOptions(base_url=gw.base_url, api_version="v1"))
     names = {m.name for m in client.models.list()}
