@@ -152,6 +152,9 @@ Models: openai/gpt-4.1, anthropic/claude-sonnet-4-5, gemini/gemini-2.5-flash, ol
 
 
 def _demo(host: str | None, port: int | None, workers: int | None) -> int:
+    root = str(Path(__file__).resolve().parent.parent)  # the checkout: tools/ lives beside engine/
+    if root not in sys.path:
+        sys.path.insert(0, root)
     from tools.fake_upstream.launch import FakeUpstream
 
     with FakeUpstream() as fake, tempfile.TemporaryDirectory(prefix="omniroute-demo-") as tmp:
