@@ -133,3 +133,11 @@ def test_example_config_passes_check_and_documents_every_top_level_key() -> None
     text = example.read_text()
     for key in schema["properties"]:
         assert f"\n{key}:" in text, f"config.example.yaml does not document '{key}'"
+
+
+def test_public_surface_resolves() -> None:
+    import engine
+
+    assert engine.__all__ == ["GatewayError", "SpecError", "__version__", "build", "check", "create_app"]
+    for name in engine.__all__:
+        assert getattr(engine, name) is not None
