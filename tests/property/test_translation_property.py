@@ -433,6 +433,23 @@ LEAKS = [
         id="openai-chat function tool with an empty name",
     ),
     pytest.param(
+        "openai-chat",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": {"a": 1}, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
+            ],
+        },
+        "messages[1].tool_calls[0].id",
+        id="openai-chat tool call id that is not a string",
+    ),
+    pytest.param(
         "anthropic-messages",
         {
             "model": "m",
