@@ -10,6 +10,7 @@ words of an answer and its in-band error event in one network write.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import threading
@@ -337,3 +338,29 @@ def test_a_model_that_backs_off_says_why(gw: Gateway) -> None:
     )
     assert r.status_code == 503 and r.headers.get("retry-after")
     assert "backing off" in r.json()["error"]["message"], r.json()
+
+
+PDF_B64 = "JVBERi0xLjQKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"  # a minimal PDF
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/canonical.py: the canonical model has no file part, so specs/formats/gemini.yaml decodes "
+    "every inlineData (a PDF, audio) as an `image` part, and the Anthropic encoder sends it as an image "
+    "with media_type application/pdf, which Anthropic refuses (400); OpenAI and Ollama get it as an image "
+    "too. Fix: a canonical `file` part {media_type, data|url} and a 'files' feature; gemini.yaml decodes "
+    "non-image inlineData/fileData to it; anthropic-messages.yaml encodes application/pdf as a `document` "
+    "block, openai-chat.yaml as a `file` part (file_data data URL); formats without files report the loss.",
+)
+def test_a_pdf_from_a_gemini_client_reaches_anthropic_as_a_document(gw: Gateway, fake: FakeUpstream) -> None:
+    marker = "mk" + uuid.uuid4().hex[:12]
+    client = Gemini(gw.base_url)
+    pdf = gt.Part(inline_data=gt.Blob(mime_type="application/pdf", data=base64.b64decode(PDF_B64)))
+    out = client.sdk.models.generate_content(
+        model=UPSTREAMS["anthropic"],
+        contents=[gt.Content(role="user", parts=[gt.Part(text=f"summarise {marker}"), pdf])],
+    )
+    assert out.text == f"Hello! You said: summarise {marker}"
+    blocks = one_chat(fake, "anthropic", marker)["messages"][0]["content"]
+    docs = [b for b in blocks if b["type"] == "document"]
+    assert docs and docs[0]["source"] == {"type": "base64", "media_type": "application/pdf", "data": PDF_B64}
