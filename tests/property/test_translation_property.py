@@ -611,6 +611,102 @@ def test_valid_client_bodies_translate_to_what_the_upstream_accepts(
     assert upstream_refusal(up, wire) is None
 
 
+def responses_body(req: dict[str, Any]) -> dict[str, Any]:
+    """A Responses API body saying what canonical `req` says (the format has no encoder here: it is
+    a client format only), written the way the openai SDK's typed params spell it."""
+    items: list[dict[str, Any]] = []
+    for m in req["messages"]:
+        for p in m["content"]:
+            if m["role"] == "user":
+                if p["type"] == "text":
+                    items.append({"role": "user", "content": [{"type": "input_text", "text": p["text"]}]})
+                else:
+                    url = p.get("url") or f"data:{p['media_type']};base64,{p['data']}"
+                    items.append(
+                        {
+                            "role": "user",
+                            "content": [{"type": "input_image", "image_url": url, "detail": "auto"}],
+                        }
+                    )
+            elif p["type"] == "text":
+                items.append(
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": p["text"], "annotations": []}],
+                    }
+                )
+            elif p["type"] == "thinking":
+                item = {"type": "reasoning", "summary": [{"type": "summary_text", "text": p["text"]}]}
+                if p.get("signature"):
+                    item["encrypted_content"] = p["signature"]
+                items.append(item)
+            elif p["type"] == "tool_call":
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": p["id"],
+                        "name": p["name"],
+                        "arguments": p["arguments"],
+                    }
+                )
+            elif p["type"] == "tool_result":
+                items.append(
+                    {"type": "function_call_output", "call_id": p["tool_call_id"], "output": p["content"]}
+                )
+    body: dict[str, Any] = {"model": "openai/gpt-4.1", "input": items}
+    if req.get("system"):
+        body["instructions"] = req["system"]
+    if req.get("tools"):
+        body["tools"] = [
+            {
+                "type": "function",
+                "name": t["name"],
+                "description": t["description"],
+                "parameters": t["parameters"],
+                "strict": False,
+            }
+            for t in req["tools"]
+        ]
+        tc = req.get("tool_choice")
+        if tc is not None:
+            body["tool_choice"] = {"type": "function", "name": tc["name"]} if isinstance(tc, dict) else tc
+    for key, wire in (
+        ("max_tokens", "max_output_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("user", "user"),
+    ):
+        if req.get(key) is not None:
+            body[wire] = req[key]
+    if req.get("reasoning", {}).get("effort"):
+        body["reasoning"] = {"effort": req["reasoning"]["effort"]}
+    rf = req.get("response_format")
+    if rf:
+        body["text"] = {
+            "format": {"type": "json_schema", "name": "out", "schema": rf["schema"]}
+            if rf["type"] == "json_schema"
+            else {"type": "json_object"}
+        }
+    if req.get("stream"):
+        body["stream"] = True
+    return body
+
+
+@pytest.mark.parametrize("up", UPSTREAM_FORMATS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_valid_responses_bodies_translate_to_what_the_upstream_accepts(up: str, data: st.DataObject) -> None:
+    req = data.draw(valid_requests())
+    body = orjson.loads(orjson.dumps(responses_body(req)))
+    note("client body: " + json.dumps(body, ensure_ascii=False))
+    fmt("openai-responses").validate(body)
+    canonical = fmt("openai-responses").decode_request(body, {})
+    wire = fmt(up).encode_request(canonical, {"model": UP_MODELS[up], "stream": bool(req.get("stream"))})
+    note("upstream body: " + json.dumps(wire, ensure_ascii=False))
+    assert upstream_refusal(up, wire) is None
+
+
 # ---------------------------------------------------------------- (a) end to end
 
 ROUTES = {
