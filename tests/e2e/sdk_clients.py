@@ -69,6 +69,7 @@ class Usage:
     output: int | None  # every output token, reasoning included
     cached: int | None
     raw: dict[str, Any]
+    reasoning: int | None = None  # of `output`, the reasoning tokens (where the format says)
 
 
 @dataclass
@@ -232,7 +233,8 @@ class OpenAIChat:
         if u is None:
             return None
         cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else None
-        return Usage(u.prompt_tokens, u.completion_tokens, cached, u.model_dump())
+        reasoning = u.completion_tokens_details.reasoning_tokens if u.completion_tokens_details else None
+        return Usage(u.prompt_tokens, u.completion_tokens, cached, u.model_dump(), reasoning)
 
     def fail(self, model: str, prompt: str, status: int, stream: bool = False) -> Failure:
         expected = {429: openai.RateLimitError, 500: openai.InternalServerError}[status]
@@ -345,7 +347,11 @@ class OpenAIResponses:
         u = out.usage
         if u is not None:
             reply.usage = Usage(
-                u.input_tokens, u.output_tokens, u.input_tokens_details.cached_tokens, u.model_dump()
+                u.input_tokens,
+                u.output_tokens,
+                u.input_tokens_details.cached_tokens,
+                u.model_dump(),
+                u.output_tokens_details.reasoning_tokens,
             )
         return reply
 
@@ -473,7 +479,8 @@ class AnthropicMessages:
         u = out.usage
         cached = u.cache_read_input_tokens or 0
         total = (u.input_tokens or 0) + cached + (u.cache_creation_input_tokens or 0)
-        reply.usage = Usage(total, u.output_tokens, cached, u.model_dump())
+        thinking = u.output_tokens_details.thinking_tokens if u.output_tokens_details else None
+        reply.usage = Usage(total, u.output_tokens, cached, u.model_dump(), thinking)
         return reply
 
     def fail(self, model: str, prompt: str, status: int, stream: bool = False) -> Failure:
@@ -625,6 +632,7 @@ class Gemini:
                     output,
                     u.cached_content_token_count,
                     u.model_dump(exclude_none=True),
+                    u.thoughts_token_count,
                 )
         return reply
 

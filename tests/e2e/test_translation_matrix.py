@@ -263,6 +263,12 @@ def f_thinking(c: Ctx, stream: bool = False) -> None:
     assert r.thinking == behaviour.THINKING_TEXT
     assert r.text == "word1 word2"
     assert r.stop == c.stop["stop"]
+    thought = len(behaviour.THINKING_TEXT.split())
+    assert r.usage is not None and r.usage.output == 2 + thought, r.usage.raw  # reasoning counts as output
+    if (
+        c.upstream in ("openai", "gemini") and c.client.name != "ollama"
+    ):  # both sides say how much was thinking
+        assert r.usage.reasoning == thought, r.usage.raw
     if c.client.name in CARRIES_SIGNATURE and c.upstream in ("anthropic", "gemini"):
         assert r.signature == behaviour.signature_for(behaviour.THINKING_TEXT)
     # the client asked for thinking, so upstream is asked; a model that cannot reason (gpt-4.1,
