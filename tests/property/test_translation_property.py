@@ -492,6 +492,16 @@ def upstream_refusal(fid: str, wire: Any) -> str | None:
         reply = openai_checks.validate_chat(body)
     elif fid == "anthropic-messages":
         reply = anthropic_checks.validate(body, anthropic_checks.MESSAGE_FIELDS, need_max_tokens=True)
+        # a rule of the real API the fake does not check: with thinking on, the last assistant turn,
+        # when it made tool calls, starts with a (signed) thinking block
+        last = next((m for m in reversed(body["messages"]) if m["role"] == "assistant"), None)
+        blocks = last["content"] if last and isinstance(last["content"], list) else []
+        if (
+            reply is None
+            and (body.get("thinking") or {}).get("type") == "enabled"
+            and any(b["type"] == "tool_use" for b in blocks)
+        ) and blocks[0]["type"] not in ("thinking", "redacted_thinking"):
+            return "When `thinking` is enabled, a final `assistant` message must start with a thinking block"
     elif fid == "gemini":
         try:
             gemini_checks.check(body, "GenerateContentRequest")
