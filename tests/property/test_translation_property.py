@@ -1051,6 +1051,9 @@ def requests(draw: st.DrawFn, fid: str) -> tuple[dict[str, Any], dict[str, Any],
                 "budget_tokens": budget,
                 "effort": "low" if budget < 4096 else ("medium" if budget < 16384 else "high"),
             }
+            last = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), [])
+            if any(p["type"] == "tool_call" for p in last) and last[0]["type"] != "thinking":
+                del want["reasoning"]  # Anthropic refuses thinking there: it stays off for the turn
         else:
             if draw(st.booleans()):
                 both("temperature", draw(st.floats(0, 1)))
