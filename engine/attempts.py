@@ -120,7 +120,7 @@ async def run_attempts(
         blocked = state.provider_block(conn)
         account = None if blocked else state.pick(conn, fingerprint=fingerprint, tokens=tokens, model=target.model.id)
         if account is None:
-            why, until = blocked or why_no_account(state, conn, set(), fingerprint, tokens)
+            why, until = blocked or why_no_account(state, conn, set(), fingerprint, tokens, target.model.id)
             plan.skips.append((key, why, until))
             if on_event:
                 on_event("skip", target=key, reason=why, retry_at=until)
@@ -254,13 +254,15 @@ async def _within(call: Awaitable[T], remaining: float, deadline_s: float, targe
         handle.cancel()
 
 
-def why_no_account(state: Resilience, conn: Any, tried: set[str], fingerprint: str, tokens: int) -> tuple[str, float | None]:
+def why_no_account(
+    state: Resilience, conn: Any, tried: set[str], fingerprint: str, tokens: int, model: str | None = None
+) -> tuple[str, float | None]:
     """Why no account of `conn` is usable, and the soonest time one may be (None: a config change)."""
     parts, waits = [], []
     for a in conn.accounts:
         if a.label in tried:
             continue
-        block = state.account_block(conn, a.label, fingerprint, tokens)
+        block = state.account_block(conn, a.label, fingerprint, tokens, model)
         if block is not None:
             parts.append(f"{a.label}: {block[0]}")
             if block[1] is not None:
@@ -281,7 +283,7 @@ def explain(targets: list[Target], settings: Mapping[str, Any], state: Resilienc
         conn, m = t.connection, t.model
         accounts = []
         for a in conn.accounts:
-            block = state.account_block(conn, a.label, tokens=input_tokens)
+            block = state.account_block(conn, a.label, tokens=input_tokens, model=m.id)
             accounts.append({"label": a.label, "usable": block is None, "why": block[0] if block else None,
                              "retry_in_s": round(block[1] - now, 3) if block and block[1] is not None else None})
         blocked = state.provider_block(conn)

@@ -316,13 +316,6 @@ def test_an_unknown_model_is_a_400_in_the_client_shape(gw: Gateway, fake: FakeUp
     assert fake.stats()["total"] == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/attempts.py: why_no_account() asks account_block() without the target's model, so a "
-    "per-model back-off (AccountState.model_cool, set from the second 5xx in a row) blocks the pick but is "
-    "never named: the 503 says 'no account available ()' and carries no Retry-After. Fix: pass model=target.model.id through "
-    "why_no_account to account_block (and to explain()).",
-)
 def test_a_model_that_backs_off_says_why(gw: Gateway) -> None:
     """Two upstream 500s in a row put the model in back-off; the next request's 503 says so."""
     url = f"{gw.base_url}/v1/chat/completions"
