@@ -26,6 +26,12 @@ without `steps` makes one call: POST `enc` as JSON to the provider's endpoint pa
     backoff: 1.5                      last, at most `max_interval_s`, and polling gives up after
     max_interval_s: 5                 `timeout_s` (504)
     timeout_s: 300
+    repeat: "req.n || `1`"            make the call this many times, one after another (a node ->
+                                      a whole number >= 1; default once); the step's answer is then
+                                      the list of the answers in order (`src` in `extract` and in
+                                      `response.decode`), and `fail` is checked on each of them.
+                                      Not with `until`. For upstreams that make one result per call
+                                      (Fireworks' FLUX workflows) where the client asks for n.
 
 Nodes see `req` (the canonical request), `enc` (its request.encode), `meta` ({model}), `vars`
 (what earlier steps extracted) and `src`: the canonical request in `body` and `query`, the step's
@@ -68,6 +74,7 @@ class Step:
     backoff: float = 1.5
     max_interval_s: float = 5.0
     timeout_s: float = 300.0
+    repeat: Node | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ def compile_steps(raw: Sequence[Mapping[str, Any]], where: str = "steps") -> tup
         send = s.get("send") or ("json" if s.get("body") is not None else "none")
         if send not in SENDS:
             raise ExprError(f"{at}.send: '{send}' is not one of {', '.join(SENDS)}")
+        if s.get("repeat") is not None and s.get("until") is not None:
+            raise ExprError(f"{at}: a step cannot both repeat and poll (until)")
         extract = tuple((k, compile_node(v, f"{at}.extract.{k}")) for k, v in (s.get("extract") or {}).items())
         known |= {k for k, _ in extract}
         out.append(Step(
@@ -111,7 +120,7 @@ def compile_steps(raw: Sequence[Mapping[str, Any]], where: str = "steps") -> tup
             send=send, body=node("body"), file_field=s.get("file_field", "file"), extract=extract,
             until=node("until"), fail=node("fail"), interval_s=float(s.get("interval_s", 1.0)),
             backoff=float(s.get("backoff", 1.5)), max_interval_s=float(s.get("max_interval_s", 5.0)),
-            timeout_s=float(s.get("timeout_s", 300.0)),
+            timeout_s=float(s.get("timeout_s", 300.0)), repeat=node("repeat"),
         ))
     return tuple(out)
 
@@ -159,26 +168,52 @@ async def run_steps(
             raise ClientError(f"request cannot be translated for this upstream: {e}") from None
         path = _render(step.path or endpoint_path, meta, vars_, step.name)
         out = Outgoing(step.name, step.method, path, query, step.send, body, step.file_field)
-        started, interval = clock(), step.interval_s
-        while True:
-            answer = await exchange(out)
-            ctx = {"src": answer, "req": req, "enc": enc, "meta": meta, "vars": vars_}
-            try:
-                failed = step.fail(ctx) if step.fail is not None else None
-                if _truthy(failed):
-                    why = failed if isinstance(failed, str) else "the upstream reported a failure"
-                    raise UpstreamError(f"step '{step.name}' failed: {why}", status=502)
-                if step.until is None or _truthy(step.until(ctx)):
-                    break
-            except ExprError as e:
-                raise UpstreamError(f"step '{step.name}': the upstream answer could not be read: {e}", status=502) from None
-            if clock() - started + interval > step.timeout_s:
-                raise UpstreamError(f"step '{step.name}' did not finish within {step.timeout_s:g}s", status=504, kind="timeout")
-            await sleep(interval)
-            interval = min(interval * step.backoff, step.max_interval_s)
+        if step.repeat is None:
+            answer = await _call(step, out, req, enc, meta, vars_, exchange, sleep, clock)
+        else:
+            times = _times(step, ctx)
+            answer = [await _call(step, out, req, enc, meta, vars_, exchange, sleep, clock) for _ in range(times)]
+        ctx = {"src": answer, "req": req, "enc": enc, "meta": meta, "vars": vars_}
         try:
             for name, node in step.extract:
                 vars_[name] = node(ctx)
         except ExprError as e:
             raise UpstreamError(f"step '{step.name}': the upstream answer could not be read: {e}", status=502) from None
     return answer, vars_
+
+
+def _times(step: Step, ctx: dict[str, Any]) -> int:
+    """How many calls a repeating step makes (a ClientError when the node gives no count)."""
+    try:
+        times = step.repeat(ctx) if step.repeat is not None else 1
+    except ExprError as e:
+        raise ClientError(f"request cannot be translated for this upstream: {e}") from None
+    if isinstance(times, float) and times.is_integer():
+        times = int(times)
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise ClientError(f"step '{step.name}': repeat must give a whole number >= 1, not {times!r}")
+    return times
+
+
+async def _call(
+    step: Step, out: Outgoing, req: dict[str, Any], enc: Any, meta: dict[str, Any], vars_: dict[str, Any],
+    exchange: Exchange, sleep: Callable[[float], Awaitable[Any]], clock: Callable[[], float],
+) -> Any:
+    """One call of `step`: polled until `until` holds, each answer checked by `fail`."""
+    started, interval = clock(), step.interval_s
+    while True:
+        answer = await exchange(out)
+        ctx = {"src": answer, "req": req, "enc": enc, "meta": meta, "vars": vars_}
+        try:
+            failed = step.fail(ctx) if step.fail is not None else None
+            if _truthy(failed):
+                why = failed if isinstance(failed, str) else "the upstream reported a failure"
+                raise UpstreamError(f"step '{step.name}' failed: {why}", status=502)
+            if step.until is None or _truthy(step.until(ctx)):
+                return answer
+        except ExprError as e:
+            raise UpstreamError(f"step '{step.name}': the upstream answer could not be read: {e}", status=502) from None
+        if clock() - started + interval > step.timeout_s:
+            raise UpstreamError(f"step '{step.name}' did not finish within {step.timeout_s:g}s", status=504, kind="timeout")
+        await sleep(interval)
+        interval = min(interval * step.backoff, step.max_interval_s)

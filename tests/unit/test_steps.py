@@ -122,3 +122,33 @@ def test_the_shipped_assemblyai_steps_run() -> None:
     assert [o.path for o in s.sent] == ["/v2/upload", "/v2/transcript", "/v2/transcript/t1", "/v2/transcript/t1"]
     assert s.sent[1].body == {"speech_models": ["universal-3-pro"], "audio_url": "https://cdn/x"}
     assert answer["text"] == "hello" and vars_["id"] == "t1"
+
+
+def test_repeat_makes_the_call_n_times_and_answers_the_list() -> None:
+    steps = compile_steps([{"name": "gen", "body": "enc", "repeat": "req.n || `1`", "extract": {"seeds": "src[].seed"}}])
+    s = Script({"seed": 1}, {"seed": 2}, {"seed": 3})
+    answer, vars_ = s.run(steps, req={"n": 3}, enc={"prompt": "p"}, path="/w/{model}/t2i")
+    assert answer == [{"seed": 1}, {"seed": 2}, {"seed": 3}] and vars_ == {"seeds": [1, 2, 3]}
+    assert [(o.path, o.body) for o in s.sent] == [("/w/m1/t2i", {"prompt": "p"})] * 3
+    one = Script({"seed": 9})
+    assert one.run(steps, req={}, enc={})[0] == [{"seed": 9}]  # a list even for one call
+
+
+def test_repeat_checks_fail_on_every_answer_and_stops_there() -> None:
+    steps = compile_steps([{"body": "enc", "repeat": "req.n", "fail": "src.bad && 'filtered'"}])
+    s = Script({"ok": 1}, {"bad": True}, {"ok": 3})
+    with pytest.raises(UpstreamError, match="filtered"):
+        s.run(steps, req={"n": 3}, enc={})
+    assert len(s.sent) == 2
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, "2", True, None])
+def test_repeat_needs_a_whole_count(n: Any) -> None:
+    steps = compile_steps([{"body": "enc", "repeat": "req.n"}])
+    with pytest.raises(ClientError, match="repeat must give a whole number"):
+        Script().run(steps, req={"n": n}, enc={})
+
+
+def test_repeat_and_until_do_not_mix() -> None:
+    with pytest.raises(ExprError, match="both repeat and poll"):
+        compile_steps([{"repeat": "`2`", "until": "src.done"}])
