@@ -1,6 +1,8 @@
 """Runs the test cases each format spec carries (`tests:` in specs/formats/*.yaml), one id each.
 
-An expected value of "*" matches anything (ids the interpreter invents, timestamps).
+An expected value of "*" matches anything (ids the interpreter invents, timestamps). A modality
+format's (embeddings, images, transcriptions) response.decode case may give the canonical request
+as `req`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def run_case(fmt: Format, case: dict[str, Any]) -> Any:
         return fmt.decode_request(data, meta)
     if kind == "request.encode":
         return fmt.encode_request(data, meta)
+    if kind == "response.decode" and fmt.raw.get("modality"):
+        # Modality answers are not chat responses: response.decode alone, as engine/modality_run.py runs it.
+        assert fmt.resp_decode is not None
+        return fmt.resp_decode({"src": data, "req": case.get("req") or {}, "meta": meta, "vars": {}})
     if kind == "response.decode":
         return fmt.decode_response(data)
     if kind == "response.encode":

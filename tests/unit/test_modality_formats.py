@@ -21,6 +21,9 @@ providers:
   deepgram: {api_key: k}
   assemblyai: {api_key: k}
   anthropic: {api_key: k}
+  together: {api_key: k}
+  fireworks: {api_key: k}
+  xai: {api_key: k}
 """
 
 
@@ -40,7 +43,9 @@ def decode(rt: Runtime, fid: str, src: Any, req: dict[str, Any] | None = None, v
     [("openai", "embeddings", "openai-embeddings"), ("openai", "images", "openai-images"),
      ("openai", "transcriptions", "openai-transcriptions"), ("groq", "transcriptions", "openai-transcriptions"),
      ("gemini", "embeddings", "gemini-embeddings"), ("ollama", "embeddings", "ollama-embeddings"),
-     ("deepgram", "transcriptions", "deepgram"), ("assemblyai", "transcriptions", "assemblyai")],
+     ("deepgram", "transcriptions", "deepgram"), ("assemblyai", "transcriptions", "assemblyai"),
+     ("xai", "images", "openai-images"), ("together", "images", "together-images"),
+     ("fireworks", "images", "fireworks-images"), ("together", "embeddings", "openai-embeddings")],
 )
 def test_the_format_each_upstream_speaks(rt: Runtime, conn: str, modality: str, fid: str) -> None:
     assert upstream_format(rt, rt.connections[conn], modality).id == fid
@@ -108,6 +113,18 @@ def test_assemblyai_answer(rt: Runtime) -> None:
     ("assemblyai", b'{"error":"Authentication error, API token missing/invalid"}', "Authentication error, API token missing/invalid"),
     ("gemini-embeddings", b'{"error":{"code":400,"message":"bad dims","status":"INVALID_ARGUMENT"}}', "bad dims"),
     ("ollama-embeddings", b'{"error":"model not found"}', "model not found"),
+    ("together-images", b'{"error":{"message":"n must be at most 4","type":"invalid_request_error","param":"n","code":null}}',
+     "n must be at most 4"),
+    ("fireworks-images", b'{"error":{"object":"error","type":"invalid_request_error","message":"bad aspect_ratio"}}',
+     "bad aspect_ratio"),
 ])
 def test_upstream_error_messages(rt: Runtime, fid: str, body: bytes, message: str) -> None:
     assert rt.formats[fid].decode_error(400, body) == message
+
+
+def test_fireworks_image_models_use_the_short_id_in_the_workflow_url(rt: Runtime) -> None:
+    conn = rt.connections["fireworks"]
+    model = conn.models["accounts/fireworks/models/flux-1-schnell-fp8"]
+    assert model.type == "image" and model.upstream == "flux-1-schnell-fp8"
+    assert conn.spec.endpoints["images"]["path"] == "/workflows/accounts/fireworks/models/{model}/text_to_image"
+    assert steps_of(rt.formats["fireworks-images"])[0].repeat is not None

@@ -59,6 +59,9 @@ EXPECTED_ALIASES = {
 
 # Chat wire formats a provider may declare (file stems of specs/formats).
 CHAT_FORMATS = {"openai-chat", "anthropic-messages", "gemini", "ollama"}
+FORMAT_DIR = ROOT / "specs" / "formats"
+# Endpoints of the non-chat modalities, which may name a format of their own (endpoints.<kind>.format).
+MODALITY_ENDPOINTS = {"embeddings", "images", "transcriptions"}
 
 # Providers allowed to ship without any chat model (the model list comes from the server).
 NO_FIXED_MODELS = {"openai-compatible"}
@@ -113,6 +116,17 @@ def _load(stem: str) -> dict:
     data = yaml.load((SPEC_DIR / f"{stem}.yaml").read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     assert isinstance(data, dict), f"{stem}.yaml: top level must be a mapping"
     return data
+
+
+@functools.cache
+def _modality_formats() -> dict[str, str]:
+    """Installed format id -> the modality it serves, for the formats that declare one."""
+    out: dict[str, str] = {}
+    for path in sorted(FORMAT_DIR.glob("*.yaml")):
+        modality = (yaml.safe_load(path.read_text()) or {}).get("modality")
+        if modality:
+            out[path.stem] = modality
+    return out
 
 
 def _all_specs() -> dict[str, dict]:
@@ -179,8 +193,17 @@ def test_core_fields(stem: str) -> None:
         return
     assert spec["format"] in CHAT_FORMATS, f"{stem}: format {spec['format']!r}"
     assert "chat" in spec["endpoints"], f"{stem}: a chat endpoint is required"
+    assert "format" not in spec["endpoints"]["chat"], f"{stem}: the chat endpoint speaks the provider's format"
+    modalities = _modality_formats()
     for name, endpoint in spec["endpoints"].items():
-        assert "format" not in endpoint, f"{stem}: endpoints.{name} must not override format"
+        if "format" not in endpoint:
+            continue
+        # Only a non-chat modality endpoint may name its own wire format, and it must be an
+        # installed format of that modality (Together's and Fireworks' images, say).
+        assert name in MODALITY_ENDPOINTS, f"{stem}: endpoints.{name} must not override format"
+        fid = endpoint["format"]
+        assert fid in modalities, f"{stem}: endpoints.{name}.format {fid!r} is not an installed modality format"
+        assert modalities[fid] == name, f"{stem}: endpoints.{name}.format {fid!r} serves {modalities[fid]}, not {name}"
 
 
 @pytest.mark.parametrize("stem", SPEC_IDS)

@@ -152,3 +152,17 @@ def test_repeat_needs_a_whole_count(n: Any) -> None:
 def test_repeat_and_until_do_not_mix() -> None:
     with pytest.raises(ExprError, match="both repeat and poll"):
         compile_steps([{"repeat": "`2`", "until": "src.done"}])
+
+
+def test_the_shipped_fireworks_steps_make_one_call_per_image() -> None:
+    doc, _ = load_file(BUILTIN_SPECS / "formats" / "fireworks-images.yaml")
+    answers = [{"id": str(i), "base64": [f"data:image/png;base64,IMG{i}"], "finishReason": "SUCCESS", "seed": i} for i in range(2)]
+    s = Script(*answers)
+    path = "/workflows/accounts/fireworks/models/{model}/text_to_image"
+    answer, _ = s.run(compile_steps(doc.data["steps"]), req={"n": 2}, enc={"prompt": "p"},
+                      meta={"model": "flux-1-schnell-fp8"}, path=path)
+    assert [o.path for o in s.sent] == ["/workflows/accounts/fireworks/models/flux-1-schnell-fp8/text_to_image"] * 2
+    assert answer == answers
+    filtered = Script({"id": "x", "base64": [], "finishReason": "CONTENT_FILTERED", "seed": 1})
+    with pytest.raises(UpstreamError, match="CONTENT_FILTERED"):
+        filtered.run(compile_steps(doc.data["steps"]), req={"n": 1}, enc={}, meta={"model": "m"}, path=path)
