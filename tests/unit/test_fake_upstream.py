@@ -861,3 +861,92 @@ def test_second_instance_runs_side_by_side(fake: FakeUpstream) -> None:
     finally:
         other.stop()
     assert not other.running and fake.running
+
+
+# --- Together and Fireworks images ------------------------------------------------------------
+
+TOGETHER_IMAGES = "/together/v1/images/generations"
+FIREWORKS_SCHNELL = "/fireworks/inference/v1/workflows/accounts/fireworks/models/flux-1-schnell-fp8/text_to_image"
+BEARER = {"authorization": "Bearer tg-test"}
+
+
+def test_together_images_url_and_base64(http: httpx.Client) -> None:
+    body = {"model": "black-forest-labs/FLUX.1-schnell", "prompt": "a cat", "width": 1024, "height": 768, "n": 2}
+    url = http.post(TOGETHER_IMAGES, json=body, headers=BEARER)
+    assert url.status_code == 200, url.text
+    answer = url.json()
+    assert answer["object"] == "list" and answer["model"] == body["model"] and answer["id"]
+    assert [(d["index"], d["type"]) for d in answer["data"]] == [(0, "url"), (1, "url")]
+    assert http.get(answer["data"][0]["url"]).content == bh.PNG
+    b64 = http.post(TOGETHER_IMAGES, json={**body, "n": 1, "response_format": "base64"}, headers=BEARER).json()
+    assert b64["data"] == [{"index": 0, "type": "b64_json", "b64_json": bh.PNG_B64}]
+    assert http.post(TOGETHER_IMAGES, json=body, headers=BEARER).json() == answer  # deterministic
+
+
+BAD_TOGETHER = [
+    ({"size": "1024x1024"}, 400, "Unrecognized request argument supplied: size"),
+    ({"response_format": "b64_json"}, 400, "Invalid response_format 'b64_json'"),
+    ({"n": 5}, 400, "n must be between 1 and 4"),
+    ({"width": "1024"}, 400, "valid integer: width"),
+    ({"prompt": None}, 400, "Field required: prompt"),
+    ({"model": "openai/dall-e-3"}, 404, "Unable to access model openai/dall-e-3"),
+]
+
+
+@pytest.mark.parametrize(("patch", "status", "needle"), BAD_TOGETHER)
+def test_together_images_validation(http: httpx.Client, patch: dict[str, Any], status: int, needle: str) -> None:
+    body = {k: v for k, v in {"model": "black-forest-labs/FLUX.1-schnell", "prompt": "p", **patch}.items() if v is not None}
+    resp = http.post(TOGETHER_IMAGES, json=body, headers=BEARER)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert needle in err["message"] and set(err) == {"message", "type", "param", "code"}
+
+
+def test_together_auth(http: httpx.Client) -> None:
+    body = {"model": "black-forest-labs/FLUX.1-schnell", "prompt": "p"}
+    assert http.post(TOGETHER_IMAGES, json=body).status_code == 401
+    resp = http.post(TOGETHER_IMAGES, json=body, headers={"authorization": "Bearer bad-key"})
+    assert resp.status_code == 401 and "Invalid API key" in resp.json()["error"]["message"]
+
+
+def test_fireworks_text_to_image_json_and_png(http: httpx.Client) -> None:
+    body = {"prompt": "a cat", "aspect_ratio": "4:3", "seed": 7}
+    resp = http.post(FIREWORKS_SCHNELL, json=body, headers={**BEARER, "accept": "application/json"})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["base64"] == [f"data:image/png;base64,{bh.PNG_B64}"]
+    assert answer["finishReason"] == "SUCCESS" and answer["seed"] == 7 and answer["id"]
+    raw = http.post(FIREWORKS_SCHNELL, json=body, headers={**BEARER, "accept": "image/png"})
+    assert raw.status_code == 200 and raw.content == bh.PNG and raw.headers["content-type"] == "image/png"
+    assert raw.headers["finish-reason"] == "SUCCESS" and raw.headers["seed"] == "7"
+    default = http.post(FIREWORKS_SCHNELL, json={"prompt": "a cat"}, headers=BEARER)  # no Accept: image bytes
+    assert default.content == bh.PNG
+    filtered = http.post(FIREWORKS_SCHNELL, json={"prompt": "[filtered]"}, headers={**BEARER, "accept": "application/json"})
+    assert filtered.json()["finishReason"] == "CONTENT_FILTERED" and filtered.json()["base64"] == []
+
+
+BAD_FIREWORKS = [
+    ({"n": 2}, "Extra inputs are not permitted: n"),
+    ({"size": "1024x1024"}, "Extra inputs are not permitted: size"),
+    ({"aspect_ratio": "7:5"}, "aspect_ratio"),
+    ({"num_inference_steps": "4"}, "valid integer: num_inference_steps"),
+    ({"guidance_scale": True}, "valid number: guidance_scale"),
+    ({"prompt": ""}, "Field required: prompt"),
+]
+
+
+@pytest.mark.parametrize(("patch", "needle"), BAD_FIREWORKS)
+def test_fireworks_validation(http: httpx.Client, patch: dict[str, Any], needle: str) -> None:
+    resp = http.post(FIREWORKS_SCHNELL, json={"prompt": "p", **patch}, headers={**BEARER, "accept": "application/json"})
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert needle in err["message"] and err["object"] == "error" and err["type"] == "invalid_request_error"
+
+
+def test_fireworks_unknown_model_auth_and_jpeg(http: httpx.Client) -> None:
+    other = FIREWORKS_SCHNELL.replace("flux-1-schnell-fp8", "flux-kontext-pro")
+    resp = http.post(other, json={"prompt": "p"}, headers=BEARER)
+    assert resp.status_code == 404 and resp.json()["error"]["object"] == "error"
+    assert http.post(FIREWORKS_SCHNELL, json={"prompt": "p"}).status_code == 401
+    jpeg = http.post(FIREWORKS_SCHNELL, json={"prompt": "p"}, headers={**BEARER, "accept": "image/jpeg"})
+    assert jpeg.status_code == 406

@@ -15,6 +15,9 @@ Routes (stats ids in brackets):
     /deepgram      POST v1/listen [deepgram.listen] (raw audio body, `Token` auth)
     /assemblyai    POST v2/upload [assemblyai.upload], POST v2/transcript [assemblyai.transcript],
                    GET v2/transcript/{id} [assemblyai.poll]
+    /together/v1   POST images/generations [together.images]
+    /fireworks/inference/v1
+                   POST workflows/accounts/fireworks/models/{m}/text_to_image [fireworks.images]
 Control, no prefix:
     GET /_stats    {"counts": {route: n}, "total": n, "requests": [last 200, secrets redacted]}
     POST /_reset   clear stats and scripts
@@ -40,7 +43,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from . import anthropic, assemblyai, deepgram, gemini, ollama, openai, openai_audio
+from . import anthropic, assemblyai, deepgram, fireworks, gemini, ollama, openai, openai_audio, together
 from .behaviour import PNG
 from .wire import SECRET_HEADERS, Reply, Request, header_list, json_reply
 
@@ -50,7 +53,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 PROVIDERS: dict[str, Any] = {
     "openai": openai, "anthropic": anthropic, "gemini": gemini, "ollama": ollama, "deepgram": deepgram,
-    "assemblyai": assemblyai,
+    "assemblyai": assemblyai, "together": together, "fireworks": fireworks,
 }  # fmt: skip
 ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {
     **openai.ROUTES,
@@ -60,6 +63,8 @@ ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {
     **ollama.ROUTES,
     **deepgram.ROUTES,
     **assemblyai.ROUTES,
+    **together.ROUTES,
+    **fireworks.ROUTES,
 }
 RECENT = 200
 # Lets the launcher tell its own server from anything else that grabbed the same port.

@@ -34,6 +34,8 @@ PREFIXES = {
     "anthropic": "/anthropic/v1",
     "gemini": "/gemini/v1beta",
     "ollama": "/ollama",
+    "together": "/together/v1",
+    "fireworks": "/fireworks/inference/v1",
 }
 # What each official SDK takes as base URL: the SDKs append their own version segment
 # (anthropic adds /v1/..., google-genai adds the api_version it is given, v1beta here).
@@ -152,7 +154,8 @@ class FakeUpstream:
 
     def url(self, provider: str) -> str:
         """Base URL for a provider spec: openai -> /openai/v1, anthropic -> /anthropic/v1,
-        gemini -> /gemini/v1beta, ollama -> /ollama."""
+        gemini -> /gemini/v1beta, ollama -> /ollama, together -> /together/v1,
+        fireworks -> /fireworks/inference/v1."""
         return self.base_url + PREFIXES[provider]
 
     def sdk_url(self, provider: str) -> str:
