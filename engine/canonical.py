@@ -21,6 +21,14 @@ Message
 Part
     {"type": "text", "text"}
     {"type": "image", "url"} | {"type": "image", "media_type", "data" (base64)}
+    {"type": "file", "media_type", "data" (base64) | "url", "filename"?}
+                                       a document, audio or video that is not an image
+                                       (application/pdf, text/plain as base64 UTF-8, audio/wav,
+                                       audio/mpeg, ...); only in user turns
+    {"type": "file", "file_id", "filename"?}
+                                       a provider-side upload (OpenAI file_id, Anthropic Files
+                                       API): meaningful only to the provider account that issued
+                                       it, so no encoder sends it; it is reported as lost
     {"type": "tool_call", "id", "name", "arguments" (JSON string)}
     {"type": "tool_result", "tool_call_id", "name"?, "content" (str), "is_error"?}
     {"type": "thinking", "text", "signature"?}
@@ -30,6 +38,11 @@ Response
 
 Usage (input counts every input token, cached ones included; output counts reasoning tokens)
     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens
+
+Features (FEATURES, found by features_used) are what a format may be unable to carry; a format
+lists the ones it can in `supports:`, and the others are reported (x-omniroute-lossy). Files
+also add one `files:<media_type>` entry per media type used, checked against the format's
+`file_types:` (absent: any type), so "PDF yes, video no" is reported per type.
 
 Stop reasons: "stop" | "length" | "tool_calls" | "content_filter" | "error"
 
@@ -47,7 +60,23 @@ USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_t
 STOP_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
 
 # Request features a format may not be able to carry; see Format.supports.
-FEATURES = ("tools", "tool_choice", "images", "image_urls", "thinking", "response_format", "stop", "top_k", "seed", "n", "reasoning")
+FEATURES = (
+    "tools", "tool_choice", "images", "image_urls", "files", "file_urls", "file_ids", "thinking", "response_format",
+    "stop", "top_k", "seed", "n", "reasoning",
+)  # fmt: skip
+FILE_TYPE_PREFIX = "files:"  # features_used adds "files:<media_type>" for each file media type
+
+
+def files_refused(used: set[str], accepted: tuple[str, ...] | None) -> list[str]:
+    """The `files:<media_type>` entries of `used` that a format whose `file_types:` is `accepted`
+    cannot carry. Entries are exact types or `type/*`; None accepts anything."""
+    if accepted is None:
+        return []
+    return [
+        f for f in used
+        if f.startswith(FILE_TYPE_PREFIX)
+        and (mt := f[len(FILE_TYPE_PREFIX):]) not in accepted and f"{mt.split('/')[0]}/*" not in accepted
+    ]  # fmt: skip
 
 
 def merge_usage(into: dict[str, int], update: dict[str, Any]) -> None:
@@ -98,6 +127,14 @@ def features_used(req: dict[str, Any]) -> set[str]:
                 used.add("images")
                 if p.get("url"):
                     used.add("image_urls")
+            elif t == "file":
+                used.add("files")
+                if p.get("file_id") and not (p.get("data") or p.get("url")):
+                    used.add("file_ids")
+                    continue
+                if p.get("url"):
+                    used.add("file_urls")
+                used.add(FILE_TYPE_PREFIX + (p.get("media_type") or "application/octet-stream"))
             elif t == "thinking":
                 used.add("thinking")
     return used
@@ -118,6 +155,9 @@ def estimate_tokens(req: dict[str, Any]) -> int:
                 chars += len(c) if isinstance(c, str) else 0
             elif t == "image":
                 chars += 340 * 4  # a typical image costs some hundreds of tokens
+            elif t == "file":
+                # rough: its decoded size in bytes counts as characters; a URL as a 1000-token file
+                chars += (len(p.get("data") or "") * 3) // 4 or 1000 * 4
     for tool in req.get("tools") or ():
         chars += len(str(tool.get("parameters") or "")) + len(tool.get("description") or "")
     return max(1, chars // 4)

@@ -123,6 +123,19 @@ def _b64_len(data: Any) -> int:
     return len(base64.b64decode(data or "", validate=False)) if isinstance(data, str) else 0
 
 
+def _base64(value: Any, how: str) -> str | None:
+    """`base64(text, 'encode')` -> base64 of its UTF-8; `base64(b64, 'decode')` -> the text (bytes
+    that are not UTF-8 replaced). A plain-text document travels as text on some wires (Anthropic's
+    text source) and as base64 on others."""
+    if not isinstance(value, str):
+        return None
+    if how == "encode":
+        return base64.b64encode(value.encode()).decode()
+    if how == "decode":
+        return base64.b64decode(value, validate=False).decode(errors="replace")
+    raise ExprError(f"base64(): the second argument is 'encode' or 'decode', not {how!r}")
+
+
 HELPERS: dict[str, tuple[Callable[..., Any], list[list[str]]]] = {}
 
 
@@ -139,6 +152,7 @@ register_helper("now", _now)
 register_helper("coalesce_roles", _coalesce_roles, ["array", "null"])
 register_helper("text_of", _text_of, ["string", "array", "null", "object"])
 register_helper("b64_len", _b64_len, ["string", "null"])
+register_helper("base64", _base64, ["string", "null"], ["string"])
 
 
 def _jmespath_options() -> jmespath.Options:

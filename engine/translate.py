@@ -18,7 +18,7 @@ import fastjsonschema
 import jsonschema
 import orjson
 
-from .canonical import FEATURES, clean_usage, merge_usage, normalize_response
+from .canonical import FEATURES, clean_usage, files_refused, merge_usage, normalize_response
 from .errors import ClientError, GatewayError, UpstreamError
 from .expr import Ctx, ExprError, Node, _gen_id, _truthy, compile_node
 from .stream import Writer, parser_for
@@ -68,6 +68,7 @@ class Format:
     count_decode: Node | None
     count_answer: Node | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    file_types: tuple[str, ...] | None = None  # media types of file parts it carries (None: any)
 
     # ---------------------------------------------------------------- requests
 
@@ -115,7 +116,10 @@ class Format:
             raise ClientError(f"request cannot be translated to {self.id}: {e}") from None
 
     def lossy(self, used: set[str]) -> list[str]:
-        return sorted(f for f in used if f in FEATURES and f not in self.supports)
+        out = [f for f in used if f in FEATURES and f not in self.supports]
+        if "files" in self.supports:  # and each file media type it cannot take, by name
+            out += files_refused(used, self.file_types)
+        return sorted(out)
 
     # ---------------------------------------------------------------- responses
 
@@ -530,5 +534,6 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         count_decode=node(("count_tokens", "decode"), count.get("decode")),
         count_answer=node(("count_tokens", "answer"), count.get("answer")),
         raw=raw,
+        file_types=tuple(raw["file_types"]) if raw.get("file_types") is not None else None,
     )
     return fmt if ok else None

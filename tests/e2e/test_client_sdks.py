@@ -336,15 +336,6 @@ def test_a_model_that_backs_off_says_why(gw: Gateway) -> None:
 PDF_B64 = "JVBERi0xLjQKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"  # a minimal PDF
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/canonical.py: the canonical model has no file part, so specs/formats/gemini.yaml decodes "
-    "every inlineData (a PDF, audio) as an `image` part, and the Anthropic encoder sends it as an image "
-    "with media_type application/pdf, which Anthropic refuses (400); OpenAI and Ollama get it as an image "
-    "too. Fix: a canonical `file` part {media_type, data|url} and a 'files' feature; gemini.yaml decodes "
-    "non-image inlineData/fileData to it; anthropic-messages.yaml encodes application/pdf as a `document` "
-    "block, openai-chat.yaml as a `file` part (file_data data URL); formats without files report the loss.",
-)
 def test_a_pdf_from_a_gemini_client_reaches_anthropic_as_a_document(gw: Gateway, fake: FakeUpstream) -> None:
     marker = "mk" + uuid.uuid4().hex[:12]
     client = Gemini(gw.base_url)

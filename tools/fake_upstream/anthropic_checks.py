@@ -228,6 +228,8 @@ def _check_block(block: Any, i: int, j: int, role: str) -> Reply | None:
                 f"{at}.image.source: Input tag '{stype}' found using 'type' does not match any of the expected tags: "
                 "'base64', 'url', 'file'"
             )
+    elif kind == "document":
+        return _check_document(block.get("source"), at)
     elif kind == "tool_use":
         if role != "assistant":
             return invalid(f"{at}: tool_use blocks are only allowed in assistant messages")
@@ -249,6 +251,36 @@ def _check_block(block: Any, i: int, j: int, role: str) -> Reply | None:
             return invalid(f"{at}.thinking.thinking: Field required")
         if not isinstance(block.get("signature"), str) or not block["signature"]:
             return invalid(f"{at}.thinking.signature: Field required")
+    return None
+
+
+DOCUMENT_SOURCES = {  # source type -> (media type it must name or None, required fields)
+    "base64": ("application/pdf", ("data",)),
+    "text": ("text/plain", ("data",)),
+    "url": (None, ("url",)),
+    "content": (None, ("content",)),
+    "file": (None, ("file_id",)),
+}
+
+
+def _check_document(source: Any, at: str) -> Reply | None:
+    """A document block's source: base64 takes application/pdf only, text takes text/plain."""
+    if not isinstance(source, dict):
+        return invalid(f"{at}.document.source: Field required")
+    stype = source.get("type")
+    if stype not in DOCUMENT_SOURCES:
+        expected = ", ".join(f"'{t}'" for t in DOCUMENT_SOURCES)
+        return invalid(
+            f"{at}.document.source: Input tag '{stype}' found using 'type' does not match any of the expected tags: {expected}"
+        )
+    media, fields = DOCUMENT_SOURCES[stype]
+    if media is not None and source.get("media_type") != media:
+        return invalid(f"{at}.document.source.{stype}.media_type: Input should be '{media}'")
+    for name in fields:
+        if name not in source:
+            return invalid(f"{at}.document.source.{stype}.{name}: Field required")
+        if name != "content" and not isinstance(source[name], str):
+            return invalid(f"{at}.document.source.{stype}.{name}: Input should be a valid string")
     return None
 
 

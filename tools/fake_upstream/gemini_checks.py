@@ -355,6 +355,9 @@ def validate_contents(contents: Any, owner: str = "GenerateContentRequest") -> R
             text = part.get("text")
             if text is not None and not isinstance(text, str):
                 return invalid(f"Invalid value at 'contents[{i}].parts[{j}].text' (TYPE_STRING), {text}")
+            problem = _check_media(part, f"contents[{i}].parts[{j}]")
+            if problem:
+                return problem
             for field, label in (
                 ("functionCall", "function_call"),
                 ("functionResponse", "function_response"),
@@ -383,6 +386,29 @@ def validate_contents(contents: Any, owner: str = "GenerateContentRequest") -> R
         previous_calls = calls if role == "model" else -1
         previous_role = role
     return None
+
+
+def _check_media(part: dict[str, Any], at: str) -> Reply | None:
+    """inlineData needs a mime type and base64 bytes (any media: images, PDFs, audio, video);
+    fileData a file URI."""
+    blob = get_field(part, "inlineData")
+    if blob is not None:
+        if not get_field(blob, "mimeType"):
+            return invalid(f"* GenerateContentRequest.{at}.inline_data.mime_type: mime_type is not specified.\n")
+        data = blob.get("data")
+        if not isinstance(data, str) or not _is_base64(data):
+            return invalid(f"Invalid value at '{at}.inline_data.data' (TYPE_BYTES), Base64 decoding failed for {_show(data)}")
+    file = get_field(part, "fileData")
+    if file is not None and not get_field(file, "fileUri"):
+        return invalid(f"* GenerateContentRequest.{at}.file_data.file_uri: file_uri is not specified.\n")
+    return None
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")  # the standard or the URL-safe alphabet
+
+
+def _is_base64(data: str) -> bool:
+    return _BASE64.fullmatch(data) is not None and len(data.rstrip("=")) % 4 != 1
 
 
 def validate(body: dict[str, Any]) -> Reply | None:

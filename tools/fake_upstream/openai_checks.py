@@ -274,6 +274,10 @@ def _check_content(msg: dict[str, Any], role: str, where: str) -> Reply | None:
             return invalid(
                 f"Missing required parameter: '{at}.text'.", f"{at}.text", "missing_required_parameter"
             )
+        if kind in ("file", "input_audio"):
+            problem = _check_media_part(part, kind, at)
+            if problem:
+                return problem
         if kind == "image_url":
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
@@ -282,6 +286,47 @@ def _check_content(msg: dict[str, Any], role: str, where: str) -> Reply | None:
                     f"{at}.image_url.url",
                     "missing_required_parameter",
                 )
+    return None
+
+
+def _check_media_part(part: dict[str, Any], kind: str, at: str) -> Reply | None:
+    """A `file` part carries file_data (a PDF as a data URL) or file_id; an `input_audio` part
+    base64 data and a format, wav or mp3."""
+    if kind == "file":
+        file = part.get("file")
+        if not isinstance(file, dict):
+            return invalid(f"Missing required parameter: '{at}.file'.", f"{at}.file", "missing_required_parameter")
+        data, file_id = file.get("file_data"), file.get("file_id")
+        if data is None and file_id is None:
+            return invalid(
+                f"Missing required parameter: '{at}.file.file_data' or '{at}.file.file_id'.",
+                f"{at}.file",
+                "missing_required_parameter",
+            )
+        if data is not None:
+            if not isinstance(data, str):
+                return _bad_type(f"{at}.file.file_data", "a string", data)
+            if not data.startswith("data:application/pdf;base64,"):
+                return invalid(
+                    f"Invalid file data: '{at}.file.file_data'. Expected a base64-encoded data URL with a PDF "
+                    "(data:application/pdf;base64,...).",
+                    f"{at}.file.file_data",
+                    "invalid_value",
+                )
+        return None
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+        return invalid(
+            f"Missing required parameter: '{at}.input_audio.data'.",
+            f"{at}.input_audio.data",
+            "missing_required_parameter",
+        )
+    if audio.get("format") not in ("wav", "mp3"):
+        return invalid(
+            f"Invalid value: '{audio.get('format')}'. Supported values are: 'wav' and 'mp3'.",
+            f"{at}.input_audio.format",
+            "invalid_value",
+        )
     return None
 
 
