@@ -40,9 +40,21 @@ CARRIES_SIGNATURE = {"responses", "anthropic", "gemini"}
 
 @dataclass
 class Image:
+    """An attachment: an image, or (media_type not image/*) a file such as a PDF or audio, which
+    each client sends in its format's own file shape."""
+
     kind: str  # "base64" | "url"
     value: str  # base64 PNG data or a URL
     media_type: str = "image/png"
+
+    @property
+    def is_file(self) -> bool:
+        return not self.media_type.startswith("image/")
+
+
+PDF_B64 = "JVBERi0xLjQKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"  # a minimal PDF
+WAV_B64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA="  # a silent WAV
+AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}  # OpenAI input_audio formats
 
 
 @dataclass
@@ -143,15 +155,13 @@ class OpenAIChat:
                 if len(t) > 2:
                     img: Image = t[2]
                     url = f"data:{img.media_type};base64,{img.value}" if img.kind == "base64" else img.value
-                    out.append(
-                        {
-                            "role": "user",
-                            "content": [
-                                {"type": "text", "text": t[1]},
-                                {"type": "image_url", "image_url": {"url": url}},
-                            ],
-                        }
-                    )
+                    part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
+                    if img.media_type in AUDIO_FORMATS:
+                        audio = {"data": img.value, "format": AUDIO_FORMATS[img.media_type]}
+                        part = {"type": "input_audio", "input_audio": audio}
+                    elif img.is_file:
+                        part = {"type": "file", "file": {"file_data": url, "filename": "attachment.pdf"}}
+                    out.append({"role": "user", "content": [{"type": "text", "text": t[1]}, part]})
                 else:
                     out.append({"role": "user", "content": t[1]})
             elif t[0] == "assistant":
@@ -279,7 +289,14 @@ class OpenAIResponses:
                 if len(t) > 2:
                     img: Image = t[2]
                     url = f"data:{img.media_type};base64,{img.value}" if img.kind == "base64" else img.value
-                    content.append({"type": "input_image", "image_url": url, "detail": "auto"})
+                    if img.media_type in AUDIO_FORMATS:
+                        audio = {"data": img.value, "format": AUDIO_FORMATS[img.media_type]}
+                        content.append({"type": "input_audio", "input_audio": audio})
+                    elif img.is_file:
+                        where = "file_data" if img.kind == "base64" else "file_url"
+                        content.append({"type": "input_file", where: url, "filename": "attachment.pdf"})
+                    else:
+                        content.append({"type": "input_image", "image_url": url, "detail": "auto"})
                 out.append({"role": "user", "content": content})
             elif t[0] == "assistant":
                 out.append({"role": "assistant", "content": t[1]})
@@ -402,12 +419,8 @@ class AnthropicMessages:
                         if img.kind == "base64"
                         else {"type": "url", "url": img.value}
                     )
-                    out.append(
-                        {
-                            "role": "user",
-                            "content": [{"type": "text", "text": t[1]}, {"type": "image", "source": src}],
-                        }
-                    )
+                    block = {"type": "document" if img.is_file else "image", "source": src}
+                    out.append({"role": "user", "content": [{"type": "text", "text": t[1]}, block]})
                 else:
                     out.append({"role": "user", "content": t[1]})
             elif t[0] == "assistant":

@@ -21,11 +21,12 @@ from typing import Any
 
 import httpx
 import ollama
+import orjson
 import pytest
 from google import genai
 from google.genai import types as gt
 
-from tests.e2e.sdk_clients import CLIENTS, Gemini
+from tests.e2e.sdk_clients import CLIENTS, PDF_B64, WAV_B64, AnthropicMessages, Gemini, OpenAIChat
 from tests.e2e.wire_views import UPSTREAMS, VIEWS, one_chat
 from tests.support import Gateway, demo_providers
 from tools.fake_upstream.launch import FakeUpstream
@@ -333,7 +334,7 @@ def test_a_model_that_backs_off_says_why(gw: Gateway) -> None:
     assert "backing off" in r.json()["error"]["message"], r.json()
 
 
-PDF_B64 = "JVBERi0xLjQKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"  # a minimal PDF
+# ---------------------------------------------------------------- files (documents, audio)
 
 
 def test_a_pdf_from_a_gemini_client_reaches_anthropic_as_a_document(gw: Gateway, fake: FakeUpstream) -> None:
@@ -348,3 +349,109 @@ def test_a_pdf_from_a_gemini_client_reaches_anthropic_as_a_document(gw: Gateway,
     blocks = one_chat(fake, "anthropic", marker)["messages"][0]["content"]
     docs = [b for b in blocks if b["type"] == "document"]
     assert docs and docs[0]["source"] == {"type": "base64", "media_type": "application/pdf", "data": PDF_B64}
+
+
+def test_a_pdf_from_the_openai_sdk_reaches_anthropic_as_a_titled_document(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
+    marker = "mk" + uuid.uuid4().hex[:12]
+    client = OpenAIChat(gw.base_url)
+    out = client.sdk.chat.completions.create(
+        model=UPSTREAMS["anthropic"],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"summarise {marker}"},
+                    {
+                        "type": "file",
+                        "file": {"file_data": f"data:application/pdf;base64,{PDF_B64}", "filename": "q3.pdf"},
+                    },
+                ],
+            }
+        ],
+    )
+    assert out.choices[0].message.content == f"Hello! You said: summarise {marker}"
+    assert "x-omniroute-lossy" not in client.hdr.last
+    blocks = one_chat(fake, "anthropic", marker)["messages"][0]["content"]
+    assert blocks == [
+        {"type": "text", "text": f"summarise {marker}"},
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_B64},
+            "title": "q3.pdf",
+        },
+    ]
+
+
+def test_audio_from_a_gemini_client_reaches_openai_as_input_audio(gw: Gateway, fake: FakeUpstream) -> None:
+    """google-genai sends the bytes as URL-safe base64; OpenAI gets standard base64 in input_audio."""
+    marker = "mk" + uuid.uuid4().hex[:12]
+    client = Gemini(gw.base_url)
+    audio = gt.Part(inline_data=gt.Blob(mime_type="audio/wav", data=base64.b64decode(WAV_B64)))
+    out = client.sdk.models.generate_content(
+        model=UPSTREAMS["openai"],
+        contents=[gt.Content(role="user", parts=[gt.Part(text=f"transcribe {marker}"), audio])],
+    )
+    assert out.text == f"Hello! You said: transcribe {marker}"
+    content = one_chat(fake, "openai", marker)["messages"][0]["content"]
+    assert content == [
+        {"type": "text", "text": f"transcribe {marker}"},
+        {"type": "input_audio", "input_audio": {"data": WAV_B64, "format": "wav"}},
+    ]
+
+
+def test_a_plain_text_document_from_the_anthropic_sdk_reaches_openai_as_text_and_gemini_as_inline_data(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
+    client = AnthropicMessages(gw.base_url)
+    doc = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "Q3 revenue: 12 €"},
+    }
+    for upstream in ("openai", "gemini"):
+        marker = "mk" + uuid.uuid4().hex[:12]
+        out = client.sdk.messages.create(
+            model=UPSTREAMS[upstream],
+            max_tokens=50,
+            messages=[{"role": "user", "content": [doc, {"type": "text", "text": f"read {marker}"}]}],
+        )
+        assert out.content[0].type == "text"
+        body = one_chat(fake, upstream, marker)
+        if upstream == "openai":
+            # Chat Completions files are PDFs only: the text travels as text
+            assert body["messages"][0]["content"][0] == {"type": "text", "text": "Q3 revenue: 12 €"}
+        else:
+            blob = body["contents"][0]["parts"][0]["inlineData"]
+            assert blob["mimeType"] == "text/plain"
+            assert base64.b64decode(blob["data"]).decode() == "Q3 revenue: 12 €"
+
+
+def test_files_an_upstream_cannot_take_are_reported_lost(gw: Gateway, fake: FakeUpstream) -> None:
+    """A video to Anthropic (documents only) and a PDF to Ollama (no files at all) are dropped and
+    named in x-omniroute-lossy; an OpenAI file_id, meaningless elsewhere, is reported too."""
+    cases = [
+        (
+            "anthropic",
+            {"type": "file", "file": {"file_data": "data:video/mp4;base64,AAAAIGZ0eXA="}},
+            "files:video/mp4",
+        ),
+        (
+            "ollama",
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF_B64}"}},
+            "files",
+        ),
+        ("gemini", {"type": "file", "file": {"file_id": "file-abc123"}}, "file_ids"),
+    ]
+    for upstream, part, lost in cases:
+        marker = "mk" + uuid.uuid4().hex[:12]
+        body = {
+            "model": UPSTREAMS[upstream],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": f"look {marker}"}, part]}],
+        }
+        r = httpx.post(f"{gw.base_url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == f"Hello! You said: look {marker}"
+        assert lost in r.headers["x-omniroute-lossy"].split(","), r.headers.get("x-omniroute-lossy")
+        sent = orjson.dumps(one_chat(fake, upstream, marker))
+        assert b"AAAAIGZ0eXA=" not in sent and PDF_B64.encode() not in sent and b"file-abc123" not in sent

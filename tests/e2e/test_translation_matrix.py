@@ -13,13 +13,24 @@ shows up as an XPASS failure and the mark must go.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.e2e.sdk_clients import CARRIES_CACHED, CARRIES_SIGNATURE, CLIENTS, STOP, Conv, Image, Reply
+from tests.e2e.sdk_clients import (
+    CARRIES_CACHED,
+    CARRIES_SIGNATURE,
+    CLIENTS,
+    PDF_B64,
+    STOP,
+    WAV_B64,
+    Conv,
+    Image,
+    Reply,
+)
 from tests.e2e.wire_views import UPSTREAMS, VIEWS, Turn, one_chat, received
 from tests.support import Gateway, demo_providers
 from tools.fake_upstream import behaviour
@@ -148,6 +159,46 @@ def f_image_url(c: Ctx) -> None:
         images,
         lossy,
     )
+
+
+def _bytes(b64: str) -> bytes:
+    return base64.urlsafe_b64decode(b64.replace("+", "-").replace("/", "_"))
+
+
+# The file media types each upstream format carries; the others it reports lost.
+CARRIES_FILE = {
+    "openai": {"application/pdf", "audio/wav"},
+    "anthropic": {"application/pdf"},
+    "gemini": {"application/pdf", "audio/wav"},
+    "ollama": set(),
+}
+
+
+def _attachment(c: Ctx, media_type: str, data: str) -> None:
+    """A file in the client's own file shape: the upstream gets it in its own, or reports it lost
+    (x-omniroute-lossy: files, or files:<media type>); never as an image, never silently dropped."""
+    r = c.send(Conv([("user", f"summarise {c.marker}", Image("base64", data, media_type))]))
+    assert r.text == f"Hello! You said: summarise {c.marker}"
+    body = c.body()
+    # bytes compared: google-genai sends URL-safe base64, which reaches a Gemini upstream as it is
+    files = [(f.kind, _bytes(f.value), f.media_type) for f in c.view.files(body)]
+    lossy = r.headers.get("x-omniroute-lossy", "").split(",")
+    if media_type in CARRIES_FILE[c.upstream]:
+        assert files == [("base64", _bytes(data), media_type)], files
+        assert not {"files", f"files:{media_type}"} & set(lossy), lossy
+    else:
+        assert files == []
+        assert ("files" if c.upstream == "ollama" else f"files:{media_type}") in lossy, lossy
+    assert c.view.images(body) == []
+    assert c.view.turns(body) == [Turn("user", f"summarise {c.marker}")]
+
+
+def f_pdf(c: Ctx) -> None:
+    _attachment(c, "application/pdf", PDF_B64)
+
+
+def f_audio(c: Ctx) -> None:
+    _attachment(c, "audio/wav", WAV_B64)
 
 
 def f_tool_call(c: Ctx, stream: bool = False) -> None:
@@ -436,6 +487,10 @@ FEATURES: dict[str, Callable[[Ctx], None]] = {
 def applies(client: str, upstream: str, feature: str) -> bool:
     if feature == "image_url":
         return client != "ollama"  # Ollama clients send base64 images only
+    if feature == "pdf":
+        return client != "ollama"  # Ollama's chat API has no file parts
+    if feature == "audio":
+        return client in ("openai", "responses", "gemini")  # the formats with an audio input part
     if feature.startswith("cached"):
         return client in CARRIES_CACHED and upstream != "ollama"
     if feature == "count_tokens":

@@ -105,6 +105,20 @@ class OpenAIView:
         return out
 
     @staticmethod
+    def files(b: dict[str, Any]) -> list[Image]:
+        """`file` parts (a data URL in file_data) and `input_audio` parts."""
+        out = []
+        for m in b["messages"]:
+            for p in m.get("content") if isinstance(m.get("content"), list) else ():
+                if p.get("type") == "file" and "file_data" in p["file"]:
+                    head, _, data = p["file"]["file_data"].partition(",")
+                    out.append(Image("base64", data, head[5:].split(";")[0]))
+                elif p.get("type") == "input_audio":
+                    media = {"wav": "audio/wav", "mp3": "audio/mpeg"}[p["input_audio"]["format"]]
+                    out.append(Image("base64", p["input_audio"]["data"], media))
+        return out
+
+    @staticmethod
     def tools(b: dict[str, Any]) -> dict[str, Any]:
         return {t["function"]["name"]: t["function"].get("parameters") for t in b.get("tools") or ()}
 
@@ -201,6 +215,26 @@ class AnthropicView:
         return out
 
     @staticmethod
+    def files(b: dict[str, Any]) -> list[Image]:
+        """`document` blocks: base64 and text sources (as base64) with their media type, URLs."""
+        out = []
+        for m in b["messages"]:
+            for x in _an_blocks(m["content"]):
+                if x["type"] == "document":
+                    src = x["source"]
+                    if src["type"] == "base64":
+                        out.append(Image("base64", src["data"], src["media_type"]))
+                    elif src["type"] == "text":
+                        out.append(
+                            Image(
+                                "base64", base64.b64encode(src["data"].encode()).decode(), src["media_type"]
+                            )
+                        )
+                    elif src["type"] == "url":
+                        out.append(Image("url", src["url"]))
+        return out
+
+    @staticmethod
     def tools(b: dict[str, Any]) -> dict[str, Any]:
         return {t["name"]: t.get("input_schema") for t in b.get("tools") or ()}
 
@@ -289,6 +323,14 @@ class GeminiView:
 
     @staticmethod
     def images(b: dict[str, Any]) -> list[Image]:
+        return [m for m in GeminiView._media(b) if not m.media_type or m.media_type.startswith("image/")]
+
+    @staticmethod
+    def files(b: dict[str, Any]) -> list[Image]:
+        return [m for m in GeminiView._media(b) if m.media_type and not m.media_type.startswith("image/")]
+
+    @staticmethod
+    def _media(b: dict[str, Any]) -> list[Image]:
         out = []
         for c in b["contents"]:
             for p in c["parts"]:
@@ -380,6 +422,10 @@ class OllamaView:
     @staticmethod
     def images(b: dict[str, Any]) -> list[Image]:
         return [Image("base64", img, _sniff(img)) for m in b["messages"] for img in m.get("images") or ()]
+
+    @staticmethod
+    def files(b: dict[str, Any]) -> list[Image]:
+        return []  # Ollama's chat API has no file parts
 
     @staticmethod
     def tools(b: dict[str, Any]) -> dict[str, Any]:
