@@ -232,13 +232,13 @@ class App:
 
     async def shutdown(self, req: Request) -> Response:
         """Graceful: granian stops accepting, drains in-flight requests, then the lifespan shutdown
-        flushes usage records. The signal goes to the supervisor, which stops every worker."""
+        flushes usage records. The signal goes to the serving process (granian's supervisor when
+        there are several workers), which stops every worker."""
         import signal
 
         if self.gw.usage is not None:
             self.gw.usage.audit("admin", "system.shutdown", "gateway", None)
-        target = os.getppid() if os.environ.get("OMNIROUTE_CONFIG") else os.getpid()
-        os.kill(target, signal.SIGTERM)
+        os.kill(int(os.environ.get("OMNIROUTE_SERVER_PID") or os.getpid()), signal.SIGTERM)
         return JSONResponse({"status": "shutting down"}, 202)
 
     async def health(self, req: Request) -> Response:

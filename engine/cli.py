@@ -116,25 +116,63 @@ def _serve(config: str, host: str | None, port: int | None, workers: int | None,
     settings = _preflight(config)
     if settings is None:
         return 1
-    from granian.constants import Interfaces
-    from granian.server import Server
-
     host = host or settings[0]
     port = port or settings[1]
+    workers = workers or settings[2]
     os.environ["OMNIROUTE_CONFIG"] = str(Path(config).resolve())
+    os.environ["OMNIROUTE_SERVER_PID"] = str(os.getpid())  # who /api/shutdown signals
     if banner:
         print(banner.format(host=host, port=port), flush=True)
     print(f"omniroute {__version__} serving on http://{host}:{port} (config {config})", flush=True)
+    if workers == 1:
+        return _serve_embedded(host, port)
+    from granian.constants import Interfaces
+    from granian.server import Server
+
     Server(
         "engine.app:_from_env",
         address=host,
         port=port,
         interface=Interfaces.ASGI,
-        workers=workers or settings[2],
+        workers=workers,
         factory=True,
+        websockets=False,
         log_enabled=True,
         log_access=False,
     ).serve()
+    return 0
+
+
+def _serve_embedded(host: str, port: int) -> int:
+    """One worker: granian embedded in this process. A supervisor process would hold about 30 MB
+    to watch a single worker, which the reloader and the lifespan already make self-sufficient."""
+    import asyncio
+    import logging
+    import signal
+
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    from .app import _from_env
+
+    class _Quiet(logging.Filter):  # granian flags embedding as experimental on every start
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "experimental" not in record.getMessage()
+
+    async def main() -> None:
+        server = Server(_from_env, address=host, port=port, interface=Interfaces.ASGI, factory=True, websockets=False, log_enabled=True, log_access=False)
+        logging.getLogger("_granian").addFilter(_Quiet())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        await server.serve()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - declared dependency; plain asyncio still serves
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as dt
 import sys
 import threading
 import time
@@ -33,16 +32,16 @@ from typing import Any, TextIO
 import duckdb
 import orjson
 
-from engine.usage import AUDIT_COLUMNS, USAGE_COLUMNS, _dir_lock, _is_lock_error, _quote
-
-
-class QueryError(Exception):
-    """A usage query failed (bad SQL, or a file stayed locked); the message says why."""
-
-
-class ReadOnlyQueryError(QueryError):
-    """A statement that would write was refused."""
-
+from engine.usage import (
+    AUDIT_COLUMNS,
+    USAGE_COLUMNS,
+    QueryError,
+    ReadOnlyQueryError,
+    _dir_lock,
+    _is_lock_error,
+    _quote,
+    jsonable,
+)
 
 _READ_TYPES = {duckdb.StatementType.SELECT}  # SELECT, WITH, FROM-first, DESCRIBE, SHOW, SUMMARIZE
 
@@ -140,23 +139,6 @@ def run_query(data_dir: Path | str, sql: str, params: Sequence[Any] | dict[str, 
             if timer:
                 timer.cancel()
         return columns, rows
-
-
-def jsonable(value: Any) -> Any:
-    """A DuckDB value -> what orjson writes: timestamps as ISO-8601 UTC with Z, decimals exact."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return orjson.Fragment(str(value).encode())  # a JSON number, digit for digit
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # the usage tables keep naive UTC timestamps
-            return value.isoformat() + "Z"
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def _text(value: Any) -> str:

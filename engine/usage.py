@@ -36,6 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,32 @@ import orjson
 
 if TYPE_CHECKING:
     import duckdb
+
+
+class QueryError(Exception):
+    """A usage query failed (bad SQL, or a file stayed locked); the message says why."""
+
+
+class ReadOnlyQueryError(QueryError):
+    """A statement that would write was refused."""
+
+
+def jsonable(value: Any) -> Any:
+    """A DuckDB value -> what orjson writes: timestamps as ISO-8601 UTC with Z, decimals exact."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())  # a JSON number, digit for digit
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # the usage tables keep naive UTC timestamps
+            return value.isoformat() + "Z"
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
 
 log = logging.getLogger("omniroute.usage")
 

@@ -27,7 +27,7 @@ import orjson
 from engine.budget import PERIODS, BudgetSpec
 from engine.http import JSONResponse, Request, Response
 from engine.pricing import usd_to_micro
-from engine.sqlcli import QueryError, jsonable
+from engine.usage import QueryError, jsonable
 
 Handler = Callable[[Request], Awaitable[Response]]
 _BUCKETS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1),
