@@ -67,7 +67,7 @@ def proxy_section(seconds: float) -> None:
             dt = load.ttfb(direct_url, sdirect, 200)
             gt = load.ttfb(gw_url, sbody, 200)
             table("Stream time to first byte (median of 200, sequential)", [(f"{dt:.3f}", f"{gt:.3f}", f"{gt - dt:+.3f}")], ("direct ms", "gateway ms", "added ms"))
-            table("Gateway memory", [(f"{idle_rss / 2**20:.1f}",)], ("idle RSS MiB (granian + worker)",))
+            table("Gateway memory", [(f"{idle_rss / 2**20:.1f}",)], ("idle RSS MiB (every gateway process)",))
 
 
 def thin_section(seconds: float) -> None:

@@ -21,11 +21,13 @@ def _make() -> Any:
         return aiohttp.ClientSession()
     import httpx
 
+    # trust_env off everywhere, as in the gateway: otherwise each request reads proxy variables
+    # and ~/.netrc, which is the client's configuration cost, not the proxy's.
     if CLIENT == "httpx":
-        return httpx.AsyncClient()
+        return httpx.AsyncClient(trust_env=False)
     from httpx_aiohttp import AiohttpTransport
 
-    return httpx.AsyncClient(transport=AiohttpTransport())
+    return httpx.AsyncClient(transport=AiohttpTransport(trust_env=False), trust_env=False)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
