@@ -9,6 +9,7 @@ the reference interpreter, and a differential test holds the two equal.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -202,5 +203,60 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
         name = node["value"]
         args = [_compile(c, fns) for c in ch]
         call = fns.call_function
-        return lambda d: call(name, [f(d) for f in args])
+        direct = _direct(fns, name, len(args))
+        if direct is None:
+            return lambda d: call(name, [f(d) for f in args])
+        fn, checks = direct
+
+        def call_checked(d: Any) -> Any:
+            values = [f(d) for f in args]
+            for v, ok in zip(values, checks, strict=True):
+                if not ok(v):  # jmespath's own check raises the exact error
+                    return call(name, values)
+            return fn(*values)
+
+        return call_checked
     raise Unsupported
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "boolean": (bool,), "array": (list,), "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _arg_check(types: list[str]) -> Callable[[Any], bool] | None:
+    """An exact-type test for one argument of a jmespath signature ([] means any type)."""
+    if not types:
+        return lambda v: True
+    plain: set[type] = set()
+    elements: set[type] = set()
+    for t in types:
+        if t in _PY_TYPES:
+            plain.update(_PY_TYPES[t])
+        elif t.startswith("array-") and t[6:] in _PY_TYPES:
+            elements.update(_PY_TYPES[t[6:]])
+        else:
+            return None
+    if not elements:
+        return lambda v: type(v) in plain
+    return lambda v: type(v) in plain or (type(v) is list and all(type(x) in elements for x in v))
+
+
+def _direct(fns: jfunctions.Functions, name: str, arity: int) -> tuple[Callable[..., Any], list[Callable[[Any], bool]]] | None:
+    """The function and a type test per argument, when each test is an exact-type check: jmespath
+    validates every call through several generic layers, which cost more than most functions
+    themselves. Expression references and variadics keep the generic path."""
+    entry = fns.FUNCTION_TABLE.get(name)
+    if entry is None:
+        return None
+    sig = entry["signature"]
+    if len(sig) != arity or any(a.get("variadic") for a in sig):
+        return None
+    checks = []
+    for arg in sig:
+        check = _arg_check(arg["types"])
+        if check is None:
+            return None
+        checks.append(check)
+    return functools.partial(entry["function"], fns), checks

