@@ -68,25 +68,25 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 def open_reader(data_dir: Path | str, *, lock_wait: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB over every slot file, views `usage`, `requests`, `audit`; session in UTC."""
     usage_dir = Path(data_dir) / "usage"
-    con = duckdb.connect(":memory:")
-    try:
-        # Stored timestamps are naive UTC; a UTC session makes now(), current_date and
-        # date_trunc agree with them whatever the machine's zone. Without ICU it is UTC anyway.
-        with contextlib.suppress(duckdb.Error):
-            con.execute("SET TimeZone = 'UTC'")
-        slots = sorted((p.stem for p in usage_dir.glob("w*.duckdb") if p.stem[1:].isdigit()),
-                       key=lambda s: int(s[1:]))
-        # This process's own writer must not have a file open while we attach it (DuckDB's file
-        # locks do not separate two users inside one process), hence the per-directory lock.
-        with _dir_lock(usage_dir) if slots else contextlib.nullcontext():
+    slots = sorted((p.stem for p in usage_dir.glob("w*.duckdb") if p.stem[1:].isdigit()), key=lambda s: int(s[1:]))
+    # This process's own writer must not have a file open while we have it attached (DuckDB's file
+    # locks do not separate two users inside one process), hence the per-directory lock, held
+    # until the connection is closed: a writer attaching between release and close conflicts.
+    with _dir_lock(usage_dir) if slots else contextlib.nullcontext():
+        con = duckdb.connect(":memory:")
+        try:
+            # Stored timestamps are naive UTC; a UTC session makes now(), current_date and
+            # date_trunc agree with them whatever the machine's zone. Without ICU it is UTC anyway.
+            with contextlib.suppress(duckdb.Error):
+                con.execute("SET TimeZone = 'UTC'")
             for slot in slots:
                 _attach_read_only(con, usage_dir / f"{slot}.duckdb", slot, lock_wait)
             _create_views(con, slots)
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             yield con
-    finally:
-        con.close()
+        finally:
+            con.close()
 
 
 def _attach_read_only(con: duckdb.DuckDBPyConnection, db: Path, alias: str, lock_wait: float) -> None:
