@@ -267,7 +267,7 @@ def _exchange(call: Call, conn: Connection, account: Account, target: Target, at
             content = form if form is not None else _aiter(upload)
             headers["content-type"] = form.content_type if form is not None else upload.content_type
             headers["content-length"] = str(len(form) if form is not None else upload.size)
-        request = gw.upstream.client.build_request(out.method, conn.base_url + out.path, content=content, headers=headers, params=query or None)
+        request = httpx.Request(out.method, conn.base_url + out.path, content=content, headers=headers, params=query or None)
         resp = await gw.upstream.send(request, conn, model, attempt)
         gw.resilience.learn(conn, account, resp.headers)
         rec.setdefault("ttfb_ms", (time.perf_counter() - t_start) * 1000)

@@ -279,6 +279,9 @@ class Resilience:
         the spec declares none; call it with every upstream response, error or not."""
         names = conn.spec.rate_limit_headers
         if names and headers:
+            raw = getattr(headers, "raw", None)  # httpx.Headers: one pass, not a scan per name
+            if raw is not None:
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
             self.account(conn.id, account.label).limits.learn(names, headers, self.clock())
 
     def success(self, conn: Connection, account: Account) -> None:

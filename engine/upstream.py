@@ -1,9 +1,10 @@
-"""Upstream HTTP: one shared httpx client, auth kinds, URLs, timeouts, and transport errors mapped
-once into UpstreamError with provider, model and attempt attached.
+"""Upstream HTTP: auth kinds, URLs, timeouts, and transport errors mapped once into UpstreamError
+with provider, model and attempt attached.
 
-httpx's API with the aiohttp transport (`httpx-aiohttp`): measured in tools/bench, it costs about a
-third of the CPU of httpx's own transport per proxied request, and the gateway's CPU budget is
-dominated by the upstream call.
+Requests and responses are httpx's; they go through an httpx transport directly (our aiohttp one,
+engine/transport.py, unless a test passes another). httpx's client layer is skipped: its cookie
+jar, auth flows and redirect handling cost about a sixth of the gateway's CPU per proxied request
+and do nothing for an API gateway.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import UpstreamError
+from .transport import AiohttpTransport
 
 if TYPE_CHECKING:
     from .runtime import Account, Connection, Model
@@ -55,35 +57,15 @@ def _none(headers: dict[str, str], query: dict[str, str], auth: dict[str, Any], 
     return None
 
 
-def make_transport() -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-    try:
-        from httpx_aiohttp import AiohttpTransport
-
-        return AiohttpTransport(limits=limits, trust_env=False)
-    except ImportError:  # pragma: no cover - the dependency is declared; this keeps a broken env serving
-        return httpx.AsyncHTTPTransport(limits=limits)
-
-
 class Upstream:
-    """The shared client. Lives across reloads: connection pools are state, not config."""
+    """The shared transport. Lives across reloads: connection pools are state, not config."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self.transport = transport or AiohttpTransport()
         self._prepared: dict[tuple[object, ...], tuple[httpx.URL, dict[str, str]]] = {}
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        # Created lazily inside the running loop: aiohttp sessions bind to the loop that made them.
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport or make_transport(), follow_redirects=False)
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.transport.aclose()
 
     def build(
         self, conn: Connection, account: Account, endpoint: str, model: Model, *, stream: bool, body: bytes | None, method: str = "POST"
@@ -119,7 +101,7 @@ class Upstream:
         request.extensions["timeout"] = httpx.Timeout(connect=t["connect"], read=t["idle"], write=t["idle"], pool=t["connect"]).as_dict()
         try:
             async with asyncio.timeout(t["first_byte"]):
-                return await self.client.send(request, stream=True)
+                return await self.transport.handle_async_request(request)
         except TimeoutError:
             raise UpstreamError(
                 f"{conn.id} did not answer within {t['first_byte']:g}s", status=504, kind="timeout", provider=conn.id, model=model.id, attempt=attempt

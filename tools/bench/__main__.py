@@ -29,8 +29,11 @@ def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> N
 
 
 def proxy_section(seconds: float) -> None:
-    body = orjson.dumps({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16})
-    direct_body = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16})
+    # `{n}` makes every body unique (see load.py): the response cache is on by default and would
+    # otherwise answer all but the first request without reaching upstream.
+    body = orjson.dumps({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "Hello there {n}"}], "max_tokens": 16})
+    direct_body = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello there {n}"}], "max_tokens": 16})
+    no_cache = {"x-omniroute-no-cache": "true"}
     with FakeUpstream() as fake, tempfile.TemporaryDirectory() as tmp:
         config = {"data_dir": f"{tmp}/data", "providers": {"openai": {"base_url": fake.url("openai"), "api_key": "sk-bench"}}}
         with Gateway(Path(tmp), config) as gw:
@@ -40,15 +43,18 @@ def proxy_section(seconds: float) -> None:
             gw_url = gw.base_url + "/v1/chat/completions"
             load.run(gw_url, body, 4, 1.0)  # warm both paths
             load.run(direct_url, direct_body, 4, 0.5)
-            rows = []
+            rows, uncached = [], []
+            fake_pid, gw_pid = fake._proc.pid, gw.proc.pid  # type: ignore[union-attr]
             for conc in (1, 16, 64):
-                fake_pid = fake._proc.pid  # type: ignore[union-attr]
                 c0 = cpu_seconds(fake_pid)
                 d = load.run(direct_url, direct_body, conc, seconds)
                 direct_cpu = (cpu_seconds(fake_pid) - c0) / max(d.requests, 1) * 1000
-                g0 = cpu_seconds(gw.proc.pid)  # type: ignore[union-attr]
+                g0 = cpu_seconds(gw_pid)
                 g = load.run(gw_url, body, conc, seconds)
-                gw_cpu = (cpu_seconds(gw.proc.pid) - g0) / max(g.requests, 1) * 1000  # type: ignore[union-attr]
+                gw_cpu = (cpu_seconds(gw_pid) - g0) / max(g.requests, 1) * 1000
+                n0 = cpu_seconds(gw_pid)
+                n = load.run(gw_url, body, conc, seconds, no_cache)
+                nc_cpu = (cpu_seconds(gw_pid) - n0) / max(n.requests, 1) * 1000
                 rows.append(
                     (
                         str(conc),
@@ -57,13 +63,19 @@ def proxy_section(seconds: float) -> None:
                         f"{direct_cpu:.3f}", f"{gw_cpu:.3f}", str(g.errors + d.errors),
                     )
                 )
+                uncached.append((str(conc), f"{n.rps:,.0f}", f"{nc_cpu:.3f}", f"{gw_cpu:.3f}", f"{(gw_cpu - nc_cpu) * 1000:+.0f}", str(n.errors)))
             table(
-                "Non-stream chat, OpenAI route to an OpenAI upstream (no translation), one worker",
+                "Non-stream chat, OpenAI route to an OpenAI upstream (no translation), one worker; every request a cache miss",
                 rows,
                 ("conns", "direct rps", "gateway rps", "ratio", "direct p50/p99 ms", "gateway p50/p99 ms", "upstream CPU ms/req", "gateway CPU ms/req", "errors"),
             )
-            sbody = orjson.dumps({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]]"}], "stream": True})
-            sdirect = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]]"}], "stream": True})
+            table(
+                "The same with X-OmniRoute-No-Cache (the uncached path), and what a cache miss adds",
+                uncached,
+                ("conns", "rps", "gateway CPU ms/req, uncached", "with cache miss", "miss adds µs", "errors"),
+            )
+            sbody = orjson.dumps({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]] {n}"}], "stream": True})
+            sdirect = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]] {n}"}], "stream": True})
             dt = load.ttfb(direct_url, sdirect, 200)
             gt = load.ttfb(gw_url, sbody, 200)
             table("Stream time to first byte (median of 200, sequential)", [(f"{dt:.3f}", f"{gt:.3f}", f"{gt - dt:+.3f}")], ("direct ms", "gateway ms", "added ms"))
@@ -80,7 +92,7 @@ def thin_section(seconds: float) -> None:
     body = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16})
     rows = []
     with FakeUpstream() as fake:
-        for client in ("httpx", "httpx-aiohttp", "aiohttp"):
+        for client in ("httpx", "httpx-aiohttp", "omniroute", "aiohttp"):
             port = free_port()
             env = {**os.environ, "THIN_TARGET": fake.url("openai") + "/chat/completions", "THIN_CLIENT": client}
             proc = subprocess.Popen(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +41,7 @@ class _Client(asyncio.Protocol):
     with what it measures, so the less it spends per request the more the figures say about the
     gateway."""
 
-    def __init__(self, request: bytes, stop_at: float, result: Result, done: asyncio.Future[None]) -> None:
+    def __init__(self, request: Callable[[], bytes], stop_at: float, result: Result, done: asyncio.Future[None]) -> None:
         self.request, self.stop_at, self.result, self.done = request, stop_at, result, done
         self.buf = bytearray()
         self.started = 0.0
@@ -51,7 +53,7 @@ class _Client(asyncio.Protocol):
 
     def _send(self) -> None:
         self.started = time.perf_counter()
-        self.transport.write(self.request)  # type: ignore[union-attr]
+        self.transport.write(self.request())  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -80,18 +82,32 @@ class _Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def _requests(url: str, body: bytes, headers: dict[str, str]) -> Callable[[], bytes]:
+    """Request bytes, each time with `{n}` in the body replaced by a counter: unique bodies, so a
+    response cache (on by default) cannot answer the benchmark from memory."""
+    u = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    prefix = f"POST {u.path or '/'} HTTP/1.1\r\nhost: {u.hostname}:{u.port}\r\n{head}".encode()
+    pieces = body.split(b"{n}")
+    count = itertools.count()
+
+    def make() -> bytes:
+        b = str(next(count)).encode().join(pieces)
+        return b"%scontent-length: %d\r\n\r\n%s" % (prefix, len(b), b)
+
+    return make
+
+
 async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float) -> Result:
     u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = f"POST {u.path or '/'} HTTP/1.1\r\nhost: {host}:{port}\r\n{head}content-length: {len(body)}\r\n\r\n".encode() + body
+    make = _requests(url, body, headers)
     result = Result(0, 0, 0.0, [])
     loop = asyncio.get_running_loop()
     stop_at = time.perf_counter() + seconds
     done = [loop.create_future() for _ in range(concurrency)]
     t0 = time.perf_counter()
     for fut in done:
-        await loop.create_connection(lambda fut=fut: _Client(request, stop_at, result, fut), host, port)  # type: ignore[misc]
+        await loop.create_connection(lambda fut=fut: _Client(make, stop_at, result, fut), u.hostname, u.port)  # type: ignore[misc]
     await asyncio.wait_for(asyncio.gather(*done), seconds + 30)
     result.seconds = time.perf_counter() - t0
     result.requests = len(result.latencies)
@@ -114,9 +130,9 @@ def _loop_run(coro: Any) -> Any:
 async def _ttfb(url: str, body: bytes, n: int) -> list[float]:
     out = []
     async with aiohttp.ClientSession() as session:
-        for _ in range(n):
+        for i in range(n):
             t = time.perf_counter()
-            async with session.post(url, data=body, headers={"content-type": "application/json", "authorization": "Bearer bench-key"}) as r:
+            async with session.post(url, data=body.replace(b"{n}", str(i).encode()), headers={"content-type": "application/json", "authorization": "Bearer bench-key"}) as r:
                 async for chunk in r.content.iter_any():
                     if b"word" in chunk:
                         out.append(time.perf_counter() - t)

@@ -1,6 +1,7 @@
 """The thinnest possible granian proxy, as a baseline for the gateway's own cost.
 
-`THIN_CLIENT` picks the upstream client: httpx (its own transport), httpx-aiohttp, or aiohttp.
+`THIN_CLIENT` picks the upstream client: httpx (its own transport), httpx-aiohttp, omniroute (httpx
+requests through engine/transport.py, as the gateway sends them), or aiohttp.
 Run: THIN_TARGET=http://... granian --interface asgi tools.bench.thin_proxy:app
 """
 
@@ -19,6 +20,10 @@ def _make() -> Any:
         import aiohttp
 
         return aiohttp.ClientSession()
+    if CLIENT == "omniroute":
+        from engine.transport import AiohttpTransport
+
+        return AiohttpTransport()
     import httpx
 
     # trust_env off everywhere, as in the gateway: otherwise each request reads proxy variables
@@ -53,6 +58,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         async with _client.post(TARGET, data=body, headers=headers) as r:
             data = await r.read()
             status = r.status
+    elif CLIENT == "omniroute":
+        import httpx
+
+        r = await _client.handle_async_request(httpx.Request("POST", TARGET, content=body, headers=headers))
+        data, status = await r.aread(), r.status_code
+        await r.aclose()
     else:
         r = await _client.post(TARGET, content=body, headers=headers)
         data, status = r.content, r.status_code
