@@ -25,6 +25,7 @@ from .http import JSONResponse, Response, StreamingResponse
 from .pricing import cost_micro_usd, worst_case_micro_usd
 from .routing import Target, resolve
 from .stream import SSEParser
+from .transport import body_chunks, read_body
 from .upstream import transport_error
 
 if TYPE_CHECKING:
@@ -430,7 +431,7 @@ async def _send(
         raise _upstream_error(up_fmt, resp, raw, conn.id, model.id)
     if not stream:
         try:
-            raw = await resp.aread()
+            raw = await read_body(resp)
         except httpx.HTTPError as e:
             raise transport_error(e, conn.id) from None
         finally:
@@ -555,7 +556,7 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
     err: GatewayError | None = None
     cancelled = True
     try:
-        async for chunk in resp.aiter_bytes():
+        async for chunk in body_chunks(resp):
             if parser is None:  # ndjson / json-array: relay as is, decode everything on the side
                 for ev in decoder.feed(chunk):
                     _observe(watch, ev)
@@ -624,7 +625,7 @@ async def _translated_stream(resp: httpx.Response, call: Call, up_fmt: Format, c
         return encoder.progress({"tokens_generated": chars // 4, "elapsed_ms": int((time.monotonic() - t0) * 1000), "done": done})
 
     try:
-        async for chunk in _ticking(resp.aiter_bytes(), call.progress):
+        async for chunk in _ticking(body_chunks(resp), call.progress):
             if chunk is None:
                 if started:
                     yield progress(False)

@@ -46,6 +46,14 @@ def _mapped(e: BaseException) -> httpx.TransportError:
     return httpx.ReadError(str(e) or e.__class__.__name__)
 
 
+def _identity(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]]:
+    """Response headers for a body aiohttp already decompressed: without its encoding and length."""
+    for k, _ in raw:
+        if len(k) == 16 and k.lower() == b"content-encoding":
+            return [(k, v) for k, v in raw if k.lower() not in (b"content-encoding", b"content-length")]
+    return raw
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
@@ -57,8 +65,27 @@ class _Body(httpx.AsyncByteStream):
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _mapped(e) from e
 
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise _mapped(e) from e
+
     async def aclose(self) -> None:
         self._resp.release()
+
+
+async def read_body(resp: httpx.Response) -> bytes:
+    """The whole body of `resp`. From this transport, straight from aiohttp (already decompressed):
+    httpx's decoder chain and chunker cost more than the read itself."""
+    stream = resp.stream
+    return await stream.read() if isinstance(stream, _Body) else await resp.aread()
+
+
+def body_chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of `resp` as it arrives (see read_body)."""
+    stream = resp.stream
+    return stream.__aiter__() if isinstance(stream, _Body) else resp.aiter_bytes()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -72,9 +99,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=300)
-        # No default headers and no decompression: the request carries exactly what upstream.py
-        # built, and httpx decodes a compressed body from its content-encoding as it always does.
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        # No default User-Agent: the request carries what upstream.py built. aiohttp decompresses;
+        # the response httpx sees is then identity-encoded (see _identity).
+        self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -95,7 +122,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _mapped(e) from e
         return httpx.Response(
-            resp.status, headers=resp.raw_headers, stream=_Body(resp), request=request,
+            resp.status, headers=_identity(resp.raw_headers), stream=_Body(resp), request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (resp.reason or "").encode()},
         )
 

@@ -62,7 +62,7 @@ class Upstream:
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.transport = transport or AiohttpTransport()
-        self._prepared: dict[tuple[object, ...], tuple[httpx.URL, dict[str, str]]] = {}
+        self._prepared: dict[tuple[object, ...], tuple[httpx.URL, httpx.Headers]] = {}
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -77,23 +77,29 @@ class Upstream:
         upstream_model = model.upstream or model.id
         # URL parsing and header assembly cost more than the rest of the request: done once per
         # (where, who) and reused. The key holds only values, so a reload can never see stale ones.
-        key = (conn.base_url, path, upstream_model, account.api_key, conn.spec.auth.get("kind"), tuple(conn.headers.items()), stream)
+        key = (conn.base_url, path, upstream_model, account.api_key, conn.spec.auth.get("kind"), tuple(conn.headers.items()), stream, body is not None)
         hit = self._prepared.get(key)
         if hit is None:
             headers = dict(conn.headers)
             query: dict[str, str] = {}
             AUTH_KINDS[conn.spec.auth["kind"]](headers, query, dict(conn.spec.auth), account.api_key)
             headers["accept"] = "text/event-stream" if stream else "application/json"
+            if body is not None:
+                headers["content-type"] = "application/json"
             url = httpx.URL(conn.base_url + path.replace("{model}", quote(upstream_model, safe="")))
             if query:  # merged, not replaced: stream paths carry their own (?alt=sse)
                 url = url.copy_merge_params(query)
             if len(self._prepared) > 4096:
                 self._prepared.clear()
-            hit = self._prepared[key] = (url, headers)
-        url, headers = hit
-        if body is not None:
-            headers = {**headers, "content-type": "application/json"}
-        return httpx.Request(ep.get("method", method), url, content=body, headers=headers)
+            hit = self._prepared[key] = (url, httpx.Headers(headers))
+        url, prepared = hit
+        if body is None:
+            return httpx.Request(ep.get("method", method), url, headers=prepared)
+        # A body given as a stream skips httpx's content encoding and header defaults (Host and
+        # Content-Length, which the transport sets from the URL and the bytes anyway).
+        request = httpx.Request(ep.get("method", method), url, headers=prepared, stream=httpx.ByteStream(body))
+        request.read()
+        return request
 
     async def send(self, request: httpx.Request, conn: Connection, model: Model, attempt: int) -> httpx.Response:
         """Send and return once headers arrived (the body streams). Maps every transport failure."""
