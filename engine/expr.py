@@ -242,6 +242,8 @@ def compile_expr(text: str) -> Node:
         compiled = compile_jmespath(text, _OPTIONS.custom_functions, _OPTIONS)
     except jmespath.exceptions.JMESPathError as e:
         raise ExprError(f"invalid JMESPath expression '{text}': {e}") from None
+    if getattr(compiled, "cannot_fail", False):  # a plain path walk: no error to name
+        return compiled
 
     def jmes(ctx: Ctx) -> Any:
         try:

@@ -67,6 +67,9 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
         value = node["value"]
         return lambda d: value
     if t == "subexpression" or t == "index_expression" or t == "pipe":
+        path = _path(node)
+        if path is not None:
+            return _walker(path)
         steps = [_compile(c, fns) for c in ch]  # the parser makes subexpressions n-ary
         if len(steps) == 2:
             left, right = steps
@@ -217,6 +220,48 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
 
         return call_checked
     raise Unsupported
+
+
+def _path(node: dict[str, Any]) -> list[str | int] | None:
+    """`choices[0].delta.content` as ["choices", 0, "delta", "content"]; None unless every step is
+    a field or an index (projections and functions change what the next step applies to)."""
+    t = node["type"]
+    if t == "field":
+        return [node["value"]]
+    if t == "index":
+        return [node["value"]]
+    if t == "subexpression" or t == "index_expression":
+        out: list[str | int] = []
+        for c in node["children"]:
+            p = _path(c)
+            if p is None:
+                return None
+            out += p
+        return out
+    return None
+
+
+def _walker(path: list[str | int]) -> Fn:
+    """One loop for a whole path: stream events are decoded through dozens of these per chunk,
+    and a closure per step cost more than the lookups."""
+
+    def walk(d: Any) -> Any:
+        for key in path:
+            if isinstance(key, str):
+                if not isinstance(d, dict):
+                    return None
+                d = d.get(key)
+            else:
+                if not isinstance(d, list):
+                    return None
+                try:
+                    d = d[key]
+                except IndexError:
+                    return None
+        return d
+
+    walk.cannot_fail = True  # type: ignore[attr-defined]
+    return walk
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
