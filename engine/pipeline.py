@@ -557,26 +557,26 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
     cancelled = True
     try:
         async for chunk in body_chunks(resp):
+            # Decoding on the side happens after the yield: the client's bytes go out first.
             if parser is None:  # ndjson / json-array: relay as is, decode everything on the side
+                watch.bytes_out += len(chunk)
+                started = True
+                yield chunk
                 for ev in decoder.feed(chunk):
                     _observe(watch, ev)
                     if assembler is not None:
                         assembler.push(ev)
-                watch.bytes_out += len(chunk)
-                started = True
-                yield chunk
                 continue
             out = []
+            later = []
             for event, data in parser.feed(chunk):
                 if assembler is not None:
-                    for ev in decoder.decode_data(event, data) if data != fmt.done else ():
-                        _observe(watch, ev)
-                        assembler.push(ev)
+                    if data != fmt.done:
+                        later.append((event, data))
                     if not want_usage and hint in data and '"choices":[]' in data:
                         continue
                 elif hint and hint in data:
-                    for ev in decoder.decode_data(event, data):
-                        _observe(watch, ev)
+                    later.append((event, data))
                     if not want_usage and '"choices":[]' in data:
                         continue
                 elif '"content"' in data:
@@ -587,6 +587,11 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
                 b = "".join(out).encode()
                 watch.bytes_out += len(b)
                 yield b
+            for event, data in later:
+                for ev in decoder.decode_data(event, data):
+                    _observe(watch, ev)
+                    if assembler is not None:
+                        assembler.push(ev)
         cancelled = False
         if assembler is not None:
             watch.response = assembler.response()
