@@ -30,6 +30,20 @@ def parse_delay(value: str | None, now: float) -> float | None:
     Plain numbers are seconds from now, except epoch seconds (> 1e9) and epoch milliseconds (> 1e12)."""
     if not value:
         return None
+    hit = _DELAYS.get(value)  # providers repeat the same few values on every response
+    if hit is None:
+        if len(_DELAYS) > 1024:
+            _DELAYS.clear()
+        hit = _DELAYS[value] = _parse(value)
+    relative, n = hit
+    return None if n is None else now + n if relative else n
+
+
+_DELAYS: dict[str, tuple[bool, float | None]] = {}
+
+
+def _parse(value: str) -> tuple[bool, float | None]:
+    """(relative, seconds): seconds from now when relative, else an absolute time."""
     v = value.strip()
     try:
         n = float(v)
@@ -37,20 +51,20 @@ def parse_delay(value: str | None, now: float) -> float | None:
         pass
     else:
         if n != n or n < 0 or n == float("inf"):
-            return None
-        return n / 1000 if n > 1e12 else n if n > 1e9 else now + n
+            return (False, None)
+        return (False, n / 1000) if n > 1e12 else (False, n) if n > 1e9 else (True, n)
     m = _DURATION.match(v)
     if m and any(m.groups()):
         h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
-        return now + h * 3600 + mi * 60 + s + ms / 1000
+        return True, h * 3600 + mi * 60 + s + ms / 1000
     try:
-        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        return False, datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
     except ValueError:
         pass
     try:
-        return parsedate_to_datetime(v).timestamp()
+        return False, parsedate_to_datetime(v).timestamp()
     except (TypeError, ValueError, IndexError):
-        return None
+        return False, None
 
 
 class AccountLimits:

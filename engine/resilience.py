@@ -17,6 +17,7 @@ Nothing here awaits except `acquire_slot`, the per-connection concurrency queue.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -281,7 +282,8 @@ class Resilience:
         if names and headers:
             raw = getattr(headers, "raw", None)  # httpx.Headers: one pass, not a scan per name
             if raw is not None:
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+                wanted = _wanted(tuple(names.values()))
+                headers = {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in raw if k.lower() in wanted}
             self.account(conn.id, account.label).limits.learn(names, headers, self.clock())
 
     def success(self, conn: Connection, account: Account) -> None:
@@ -414,6 +416,12 @@ class Resilience:
             "connections": {c.id: {**asdict(self.options.get(c.id) or ConnOptions()), "breaker": self.breaker_view(c.id)} for c in conns},
             "accounts": [self.account_view(c, a) for c in conns for a in c.accounts],
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _wanted(header_names: tuple[str, ...]) -> frozenset[bytes]:
+    """The declared rate-limit header names, as lowercase bytes to match raw headers against."""
+    return frozenset(h.lower().encode("latin-1") for h in header_names)
 
 
 __all__ = ["ACCOUNT_STRATEGIES", "CLOSED", "HALF_OPEN", "OPEN", "AccountState", "Breaker", "ConnOptions", "Profile",
