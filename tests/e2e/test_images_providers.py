@@ -54,14 +54,16 @@ def png_of_data_url(url: str) -> bytes:
     return base64.b64decode(data)
 
 
-def usage_rows(gw: Gateway, model: str) -> list[dict[str, Any]]:
+def usage_rows(gw: Gateway, model: str, want: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's image usage rows, polled until `want` is among them (records are flushed
+    asynchronously, and other tests' rows for the same model may already be there)."""
     sql = ("SELECT provider, status, images, cost_micro_usd FROM usage "
            f"WHERE modality = 'image' AND model_requested = '{model}' AND final ORDER BY ts")
     deadline = time.monotonic() + 10
     while True:
         body = httpx.post(f"{gw.base_url}/api/usage/query", json={"sql": sql}, timeout=10).json()
         rows = [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
-        if rows or time.monotonic() > deadline:
+        if want in rows or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
 
@@ -120,8 +122,8 @@ def test_fireworks_n_images_are_n_calls_and_priced_per_image(gw: Gateway, fake: 
     assert [base64.b64decode(d.b64_json or "") for d in data] == [bh.PNG] * 3
     calls = sent(fake, "fireworks.images", marker)
     assert [r["body"] for r in calls] == [{"prompt": f"three {marker}"}] * 3
-    rows = usage_rows(gw, FW_MODEL)
-    assert {"provider": "fireworks", "status": 200, "images": 3, "cost_micro_usd": 4200} in rows  # 3 x $0.0014
+    want = {"provider": "fireworks", "status": 200, "images": 3, "cost_micro_usd": 4200}  # 3 x $0.0014
+    assert want in usage_rows(gw, FW_MODEL, want)
 
 
 def test_fireworks_filtered_image_is_an_error_not_an_empty_answer(gw: Gateway) -> None:
