@@ -1,4 +1,4 @@
-"""The mapping language of format specs, compiled once into Python closures.
+"""The mapping language of format specs, compiled once into Python functions.
 
 A *node* describes a value to build from a context (a dict of named variables such as `src`,
 `meta`, `ev`, `st`):
@@ -238,183 +238,212 @@ def compile_expr(text: str) -> Node:
             return v
 
         return getn
-    try:
-        compiled = compile_jmespath(text, _OPTIONS.custom_functions, _OPTIONS)
-    except jmespath.exceptions.JMESPathError as e:
-        raise ExprError(f"invalid JMESPath expression '{text}': {e}") from None
+    compiled = _jmespath(text)
     if getattr(compiled, "cannot_fail", False):  # a plain path walk: no error to name
         return compiled
 
     def jmes(ctx: Ctx) -> Any:
         try:
             return compiled(ctx)
-        except jmespath.exceptions.JMESPathError as e:
-            raise ExprError(f"expression '{text}' failed: {e}") from None
-        except ExprError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise ExprError(f"expression '{text}' failed: {e}") from None
+        except _EVAL_ERRORS as e:
+            raise _failed(text, e) from None
 
     return jmes
 
 
+# What a JMESPath evaluation may raise, and the ExprError that names the expression instead.
+_EVAL_ERRORS = (jmespath.exceptions.JMESPathError, TypeError, ValueError)
+
+
+def _failed(text: str, e: Exception) -> ExprError:
+    return e if isinstance(e, ExprError) else ExprError(f"expression '{text}' failed: {e}")
+
+
+def _jmespath(text: str) -> Callable[[Any], Any]:
+    try:
+        return compile_jmespath(text, _OPTIONS.custom_functions, _OPTIONS)
+    except jmespath.exceptions.JMESPathError as e:
+        raise ExprError(f"invalid JMESPath expression '{text}': {e}") from None
+
+
 def compile_node(spec: Any, where: str = "") -> Node:
-    """Compile a node (see module docstring). Raises ExprError naming `where` on a bad node."""
-    if isinstance(spec, str):
+    """Compile a node (see module docstring). Raises ExprError naming `where` on a bad node.
+
+    A node tree becomes the source of one Python function, statements in the order the closures
+    would have run: an object, a list, a path walk or a branch costs no call of its own. Format
+    specs run a few hundred nodes per request, and a call per node was most of their cost. JMESPath
+    beyond plain paths and Jinja stay compiled closures, called from the generated code."""
+    if isinstance(spec, str) and not _IDENT_PATH.match(spec):
         try:
-            return compile_expr(spec)
+            return compile_expr(spec)  # one expression: its closure is the node
         except ExprError as e:
             raise ExprError(f"{where}: {e}" if where else str(e)) from None
-    if spec is None or isinstance(spec, bool | int | float):
-        constant = spec
+    gen = _Gen()
+    result = gen.node(spec, "ctx", 1, where)
+    source = "def _node(ctx):\n" + "\n".join(gen.lines) + f"\n    return {result}\n"
+    namespace = dict(gen.consts)
+    exec(compile(source, f"<node {where or 'spec'}>", "exec"), namespace)
+    fn: Node = namespace["_node"]
+    return fn
 
-        def const(ctx: Ctx) -> Any:
-            return constant
 
-        return const
-    if isinstance(spec, list):
-        items = [compile_node(s, f"{where}[{i}]") for i, s in enumerate(spec)]
+class _Gen:
+    """Python source for one node tree. `node` emits the statements that compute a node into a
+    fresh local and returns that local's name (or the name of a constant)."""
 
-        def build_list(ctx: Ctx) -> list[Any]:
-            out = []
-            for item in items:
-                v = item(ctx)
-                if v is not None:
-                    out.append(v)
+    def __init__(self) -> None:
+        self.consts: dict[str, Any] = {"_loads": orjson.loads, "_EVAL_ERRORS": _EVAL_ERRORS, "_failed": _failed}
+        self.lines: list[str] = []
+        self.count = 0
+
+    def const(self, value: Any) -> str:
+        name = f"_k{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def local(self) -> str:
+        self.count += 1
+        return f"_v{self.count}"
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def node(self, spec: Any, ctx: str, ind: int, where: str) -> str:
+        if isinstance(spec, str):
+            return self.string(spec, ctx, ind, where)
+        if spec is None or isinstance(spec, bool | int | float):
+            return self.const(spec)
+        if isinstance(spec, list):
+            out = self.local()
+            self.emit(ind, f"{out} = []")
+            for i, item in enumerate(spec):
+                v = self.node(item, ctx, ind, f"{where}[{i}]")
+                self.emit(ind, f"if {v} is not None: {out}.append({v})")
             return out
-
-        return build_list
-    if not isinstance(spec, dict):
-        raise ExprError(f"{where}: unsupported node {spec!r}")
-    directives = [k for k in spec if isinstance(k, str) and k.startswith("$")]
-    if directives:
-        unknown = [k for k in directives if k not in _DIRECTIVES]
-        if unknown:
-            raise ExprError(f"{where}: unknown directive {unknown[0]} (valid: {', '.join(sorted(_DIRECTIVES))})")
-        return _compile_directive(spec, where)
-    fields = [(k, compile_node(v, f"{where}.{k}" if where else k)) for k, v in spec.items()]
-
-    def build_object(ctx: Ctx) -> dict[str, Any]:
-        out = {}
-        for k, fn in fields:
-            v = fn(ctx)
-            if v is not None:
-                out[k] = v
+        if not isinstance(spec, dict):
+            raise ExprError(f"{where}: unsupported node {spec!r}")
+        directives = [k for k in spec if isinstance(k, str) and k.startswith("$")]
+        if directives:
+            unknown = [k for k in directives if k not in _DIRECTIVES]
+            if unknown:
+                raise ExprError(f"{where}: unknown directive {unknown[0]} (valid: {', '.join(sorted(_DIRECTIVES))})")
+            return self.directive(spec, ctx, ind, where)
+        out = self.local()
+        self.emit(ind, f"{out} = {{}}")
+        for k, sub in spec.items():
+            v = self.node(sub, ctx, ind, f"{where}.{k}" if where else str(k))
+            self.emit(ind, f"if {v} is not None: {out}[{self.const(k)}] = {v}")
         return out
 
-    return build_object
+    def string(self, text: str, ctx: str, ind: int, where: str) -> str:
+        v = self.local()
+        if _IDENT_PATH.match(text):  # plain dotted paths are most of every spec: walked inline
+            first, *rest = text.split(".")
+            self.emit(ind, f"{v} = {ctx}.get({first!r})")
+            for part in rest:
+                self.emit(ind, f"{v} = {v}.get({part!r}) if isinstance({v}, dict) else None")
+            return v
+        try:
+            fn = _jmespath(text) if not text.startswith("=") else compile_expr(text)
+        except ExprError as e:
+            raise ExprError(f"{where}: {e}" if where else str(e)) from None
+        call = f"{v} = {self.const(fn)}({ctx})"
+        if text.startswith("=") or getattr(fn, "cannot_fail", False):
+            self.emit(ind, call)
+            return v
+        self.emit(ind, "try:")  # inline: free in 3.11 when nothing is raised, unlike a wrapper call
+        self.emit(ind + 1, call)
+        self.emit(ind, "except _EVAL_ERRORS as _e:")
+        self.emit(ind + 1, f"raise _failed({self.const(text)}, _e) from None")
+        return v
 
+    def branch(self, spec: Any, ctx: str, ind: int, where: str, into: str) -> None:
+        self.emit(ind, f"{into} = {self.node(spec, ctx, ind, where)}")
 
-def _compile_directive(spec: dict[str, Any], where: str) -> Node:
-    if "$const" in spec:
-        value = spec["$const"]
-        if isinstance(value, dict | list):
-            frozen = orjson.dumps(value)
-            return lambda ctx: orjson.loads(frozen)  # fresh copy: callers may mutate results
-        return lambda ctx: value
-    if "$each" in spec:
-        source = compile_node(spec["$each"], f"{where}.$each")
-        name = spec.get("$as", "it")
-        body = compile_node(spec.get("$do", name), f"{where}.$do")
-        flat = bool(spec.get("$flat", False))
-        empty: list[Any] | None = None if spec.get("$nonempty") else []
+    def directive(self, spec: dict[str, Any], ctx: str, ind: int, where: str) -> str:
+        v = self.local()
+        if "$const" in spec:
+            value = spec["$const"]
+            if isinstance(value, dict | list):  # a fresh copy each time: callers may mutate results
+                return self._emit_value(ind, v, f"_loads({self.const(orjson.dumps(value))})")
+            return self.const(value)
+        if "$each" in spec:
+            items = self.node(spec["$each"], ctx, ind, f"{where}.$each")
+            name = spec.get("$as", "it")
+            flat = bool(spec.get("$flat", False))
+            self.emit(ind, f"{v} = {'None' if spec.get('$nonempty') else '[]'}")
+            self.emit(ind, f"if {items}:")
+            out, child, item = self.local(), self.local(), self.local()
+            self.emit(ind + 1, f"{out} = []")
+            self.emit(ind + 1, f"{child} = dict({ctx})")
+            self.emit(ind + 1, f"for {item} in ({items} if isinstance({items}, list) else [{items}]):")
+            self.emit(ind + 2, f"{child}[{self.const(name)}] = {item}")
+            r = self.node(spec.get("$do", name), child, ind + 2, f"{where}.$do")
+            if flat:
+                self.emit(ind + 2, f"if isinstance({r}, list): {out}.extend({r})")
+                self.emit(ind + 2, f"elif {r} is not None: {out}.append({r})")
+            else:
+                self.emit(ind + 2, f"if {r} is not None: {out}.append({r})")
+            self.emit(ind + 1, f"{v} = {out} if {out} or not {bool(spec.get('$nonempty'))} else None")
+            return v
+        if "$if" in spec:
+            c = self.node(spec["$if"], ctx, ind, f"{where}.$if")
+            self.emit(ind, f"if {c} or ({c} == 0 and {c} is not False):")  # JMESPath truthiness (_truthy)
+            self.branch(spec.get("$then"), ctx, ind + 1, f"{where}.$then", v)
+            self.emit(ind, "else:")
+            self.branch(spec.get("$else"), ctx, ind + 1, f"{where}.$else", v)
+            return v
+        if "$switch" in spec:
+            key = self.local()
+            self.emit(ind, f"{key} = str({self.node(spec['$switch'], ctx, ind, f'{where}.$switch')})")
+            cases = list((spec.get("$cases") or {}).items())
+            for i, (k, sub) in enumerate(cases):
+                self.emit(ind, f"{'if' if i == 0 else 'elif'} {key} == {self.const(str(k))}:")
+                self.branch(sub, ctx, ind + 1, f"{where}.$cases.{k}", v)
+            if cases:
+                self.emit(ind, "else:")
+            self.branch(spec.get("$default"), ctx, ind + 1 if cases else ind, f"{where}.$default", v)
+            return v
+        if "$map" in spec:
+            k = self.node(spec["$map"], ctx, ind, f"{where}.$map")
+            table = self.const({str(a): b for a, b in (spec.get("$table") or {}).items()})
+            fallback = self.const(spec["$default"]) if "$default" in spec else k
+            return self._emit_value(ind, v, f"{table}.get(str({k}), {fallback})")
+        if "$merge" in spec:
+            self.emit(ind, f"{v} = {{}}")
+            for i, part in enumerate(spec["$merge"]):
+                r = self.node(part, ctx, ind, f"{where}.$merge[{i}]")
+                self.emit(ind, f"if isinstance({r}, dict): {v}.update({r})")
+            return v
+        if "$first" in spec:
+            self.emit(ind, f"{v} = None")
+            depth = ind
+            for i, option in enumerate(spec["$first"]):  # later options run only when needed
+                r = self.node(option, ctx, depth, f"{where}.$first[{i}]")
+                self.emit(depth, f"if {r} is not None: {v} = {r}")
+                self.emit(depth, "else:")
+                depth += 1
+            self.emit(depth, "pass")
+            return v
+        if "$concat" in spec:
+            self.emit(ind, f"{v} = []")
+            for i, piece in enumerate(spec["$concat"]):
+                r = self.node(piece, ctx, ind, f"{where}.$concat[{i}]")
+                self.emit(ind, f"if isinstance({r}, list): {v}.extend({r})")
+                self.emit(ind, f"elif {r} is not None: {v}.append({r})")
+            return v
+        if "$let" in spec:
+            child = self.local()
+            self.emit(ind, f"{child} = dict({ctx})")
+            for k, sub in spec["$let"].items():
+                r = self.node(sub, child, ind, f"{where}.$let.{k}")
+                self.emit(ind, f"{child}[{self.const(k)}] = {r}")
+            return self.node(spec.get("$in"), child, ind, f"{where}.$in")
+        raise ExprError(f"{where}: a directive object needs one of $const, $each, $if, $switch, $map, $merge, $first, $concat, $let")
 
-        def each(ctx: Ctx) -> list[Any] | None:
-            items = source(ctx)
-            if not items:
-                return empty
-            if not isinstance(items, list):
-                items = [items]
-            out: list[Any] = []
-            child = dict(ctx)
-            for item in items:
-                child[name] = item
-                v = body(child)
-                if v is None:
-                    continue
-                if flat and isinstance(v, list):
-                    out.extend(v)
-                else:
-                    out.append(v)
-            return out if out or empty is not None else None
-
-        return each
-    if "$if" in spec:
-        cond = compile_node(spec["$if"], f"{where}.$if")
-        then = compile_node(spec.get("$then"), f"{where}.$then")
-        other = compile_node(spec.get("$else"), f"{where}.$else")
-        return lambda ctx: then(ctx) if _truthy(cond(ctx)) else other(ctx)
-    if "$switch" in spec:
-        key = compile_node(spec["$switch"], f"{where}.$switch")
-        cases = {str(k): compile_node(v, f"{where}.$cases.{k}") for k, v in (spec.get("$cases") or {}).items()}
-        default = compile_node(spec.get("$default"), f"{where}.$default")
-
-        def switch(ctx: Ctx) -> Any:
-            fn = cases.get(str(key(ctx)))
-            return fn(ctx) if fn is not None else default(ctx)
-
-        return switch
-    if "$map" in spec:
-        key = compile_node(spec["$map"], f"{where}.$map")
-        table = {str(k): v for k, v in (spec.get("$table") or {}).items()}
-        if "$default" in spec:
-            fallback = spec["$default"]
-            return lambda ctx: table.get(str(key(ctx)), fallback)
-
-        def passthrough(ctx: Ctx) -> Any:
-            k = key(ctx)
-            return table.get(str(k), k)
-
-        return passthrough
-    if "$merge" in spec:
-        parts = [compile_node(s, f"{where}.$merge[{i}]") for i, s in enumerate(spec["$merge"])]
-
-        def merge(ctx: Ctx) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for p in parts:
-                v = p(ctx)
-                if isinstance(v, dict):
-                    out.update(v)
-            return out
-
-        return merge
-    if "$first" in spec:
-        options = [compile_node(s, f"{where}.$first[{i}]") for i, s in enumerate(spec["$first"])]
-
-        def first(ctx: Ctx) -> Any:
-            for o in options:
-                v = o(ctx)
-                if v is not None:
-                    return v
-            return None
-
-        return first
-    if "$concat" in spec:
-        pieces = [compile_node(s, f"{where}.$concat[{i}]") for i, s in enumerate(spec["$concat"])]
-
-        def concat(ctx: Ctx) -> list[Any]:
-            out: list[Any] = []
-            for p in pieces:
-                v = p(ctx)
-                if isinstance(v, list):
-                    out.extend(v)
-                elif v is not None:
-                    out.append(v)
-            return out
-
-        return concat
-    if "$let" in spec:
-        binds = [(k, compile_node(v, f"{where}.$let.{k}")) for k, v in spec["$let"].items()]
-        body = compile_node(spec.get("$in"), f"{where}.$in")
-
-        def let(ctx: Ctx) -> Any:
-            child = dict(ctx)
-            for k, fn in binds:
-                child[k] = fn(child)
-            return body(child)
-
-        return let
-    raise ExprError(f"{where}: a directive object needs one of $const, $each, $if, $switch, $map, $merge, $first, $concat, $let")
+    def _emit_value(self, ind: int, v: str, expr: str) -> str:
+        self.emit(ind, f"{v} = {expr}")
+        return v
 
 
 def _truthy(v: Any) -> bool:

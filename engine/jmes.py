@@ -154,6 +154,13 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
     if t == "comparator":
         name = node["value"]
         a, b = _compile(ch[0], fns), _compile(ch[1], fns)
+        text = next((c["value"] for c in ch if c["type"] == "literal" and isinstance(c["value"], str)), None)
+        if name in ("eq", "ne") and text is not None:
+            # Against a string, JSON equality is Python's (no true == 1 to guard): one call, not four.
+            other = b if ch[0]["type"] == "literal" and ch[0]["value"] == text else a
+            if name == "eq":
+                return lambda d: other(d) == text
+            return lambda d: other(d) != text
         if name == "eq":
             return lambda d: _eq(a(d), b(d))
         if name == "ne":
