@@ -38,33 +38,40 @@ class Reloader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    def _targets(self) -> tuple[list[Path], set[Path]]:
-        """Directories to watch, and the config file inside its directory (editors replace files by
-        renaming, so watching the file itself would lose it after the first save)."""
+    def _targets(self) -> tuple[list[Path], set[Path], set[Path]]:
+        """Directories to watch (none recursively), the config file, and the spec directories.
+
+        The config file is watched through its directory (editors replace files by renaming, so
+        watching the file itself would lose it after the first save); not recursively, because the
+        data directory usually sits beside it and is written on every request. A spec root is
+        watched with its providers/ and formats/, where spec files live."""
         rt = self.gw.runtime
         dirs: list[Path] = []
         files: set[Path] = set()
+        spec_dirs: set[Path] = set()
         for p in map(Path, rt.watch_paths):
             if p.is_dir():
                 dirs.append(p)
+                for kind in ("providers", "formats"):
+                    dirs.append(p / kind)
+                    spec_dirs.add((p / kind).resolve())
             else:
                 files.add(p.resolve())
                 dirs.append(p.resolve().parent)
-        return [d for d in dict.fromkeys(dirs) if d.exists()], files
+        return [d for d in dict.fromkeys(dirs) if d.exists()], files, spec_dirs
 
     async def _run(self) -> None:
         while not self._stop.is_set():
-            dirs, files = self._targets()
-            spec_dirs = [d for d in dirs if d not in {f.parent for f in files}]
+            dirs, files, spec_dirs = self._targets()
 
-            def relevant(change: watchfiles.Change, path: str, files: set[Path] = files, spec_dirs: list[Path] = spec_dirs) -> bool:
+            def relevant(change: watchfiles.Change, path: str, files: set[Path] = files, spec_dirs: set[Path] = spec_dirs) -> bool:
                 p = Path(path)
-                if p in files or p.resolve() in files:
+                if p in files or p.resolve() in files or p.resolve() in spec_dirs:  # a spec dir made or removed
                     return True
-                return p.suffix in (".yaml", ".yml") and any(d in p.parents for d in spec_dirs)
+                return p.suffix in (".yaml", ".yml") and p.parent.resolve() in spec_dirs
 
             async for _changes in watchfiles.awatch(
-                *dirs, watch_filter=relevant, debounce=self.debounce_ms, step=20, stop_event=self._stop, recursive=True
+                *dirs, watch_filter=relevant, debounce=self.debounce_ms, step=20, stop_event=self._stop, recursive=False
             ):
                 await self.reload()
                 break  # watch again: the config may now name other spec directories

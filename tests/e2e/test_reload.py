@@ -90,3 +90,26 @@ def test_reload_during_stream_does_not_break_it(gw: Gateway) -> None:
     t.join(10)
     assert words == [f"word{i}" for i in range(1, 11)]
     assert served_model(gw) == "openai/gpt-4.1"
+
+
+def test_a_spec_dropped_into_a_spec_dir_is_live_and_data_writes_do_not_reload(gateway_factory: Any, tmp_path: Any) -> None:
+    """A user spec directory starts empty; a provider spec dropped into it (here an override of
+    the built-in openai spec with one more model) is served within a second. Writes in the data
+    directory, which sits beside the config, are not config changes."""
+    from engine.compile import BUILTIN_SPECS
+
+    specs = tmp_path / "myspecs"
+    specs.mkdir()
+    g = gateway_factory({"spec_dirs": [str(specs)]})
+    models = lambda: {m["id"] for m in httpx.get(f"{g.base_url}/v1/models").json()["data"]}  # noqa: E731
+    assert "openai/gpt-brand-new" not in models()
+    before = g.health()["generation"]
+    for i in range(50):  # beside the config, as the default data_dir is
+        (g.workdir / "data" / f"noise-{i}.yaml").write_text("x: 1\n")
+    spec = yaml.safe_load((BUILTIN_SPECS / "providers" / "openai.yaml").read_text())
+    spec["models"]["gpt-brand-new"] = {"name": "GPT brand new", "context": 1000, "price": {"input": 1, "output": 2}}
+    (specs / "providers").mkdir()
+    (specs / "providers" / "openai.yaml").write_text(yaml.safe_dump(spec))
+    took = wait_for(lambda: "openai/gpt-brand-new" in models())
+    assert took < 2.0
+    assert g.health()["generation"] == before + 1  # the spec, once; the data files never
