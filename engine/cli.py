@@ -92,8 +92,8 @@ def _check(config: str) -> int:
 
 
 def _preflight(config: str) -> tuple[str, int, int] | None:
-    """Validate the config in a forked child, so this supervisor process never holds the compiled
-    runtime (the workers build their own): that keeps the idle memory of `serve` down."""
+    """Validate the config in a forked child, so granian's supervisor never holds the compiled
+    runtime (each worker builds its own): that keeps the memory of multi-worker serving down."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -113,19 +113,27 @@ def _preflight(config: str) -> tuple[str, int, int] | None:
 
 
 def _serve(config: str, host: str | None, port: int | None, workers: int | None, banner: str = "") -> int:
-    settings = _preflight(config)
-    if settings is None:
-        return 1
-    host = host or settings[0]
-    port = port or settings[1]
-    workers = workers or settings[2]
     os.environ["OMNIROUTE_CONFIG"] = str(Path(config).resolve())
     os.environ["OMNIROUTE_SERVER_PID"] = str(os.getpid())  # who /api/shutdown signals
+    rt = None
+    if workers is None or workers == 1:  # one worker is the usual case: compile once, here
+        rt = _load(config)
+        if rt is None:
+            return 1
+        settings = (rt.server.host, rt.server.port, workers or rt.server.workers)
+        if settings[2] != 1:
+            rt = None  # several workers after all: they build their own
+    else:
+        preflight = _preflight(config)
+        if preflight is None:
+            return 1
+        settings = preflight
+    host, port, workers = host or settings[0], port or settings[1], workers or settings[2]
     if banner:
         print(banner.format(host=host, port=port), flush=True)
     print(f"omniroute {__version__} serving on http://{host}:{port} (config {config})", flush=True)
-    if workers == 1:
-        return _serve_embedded(host, port)
+    if rt is not None:
+        return _serve_embedded(rt, host, port)
     from granian.constants import Interfaces
     from granian.server import Server
 
@@ -143,9 +151,10 @@ def _serve(config: str, host: str | None, port: int | None, workers: int | None,
     return 0
 
 
-def _serve_embedded(host: str, port: int) -> int:
-    """One worker: granian embedded in this process. A supervisor process would hold about 30 MB
-    to watch a single worker, which the reloader and the lifespan already make self-sufficient."""
+def _serve_embedded(rt: Any, host: str, port: int) -> int:
+    """One worker: granian embedded in this process, serving the runtime already compiled. A
+    supervisor process would hold about 30 MB to watch a single worker, which the reloader and
+    the lifespan already make self-sufficient."""
     import asyncio
     import logging
     import signal
@@ -153,14 +162,15 @@ def _serve_embedded(host: str, port: int) -> int:
     from granian.constants import Interfaces
     from granian.server.embed import Server
 
-    from .app import _from_env
+    from .app import App
+    from .gateway import Gateway
 
     class _Quiet(logging.Filter):  # granian flags embedding as experimental on every start
         def filter(self, record: logging.LogRecord) -> bool:
             return "experimental" not in record.getMessage()
 
     async def main() -> None:
-        server = Server(_from_env, address=host, port=port, interface=Interfaces.ASGI, factory=True, websockets=False, log_enabled=True, log_access=False)
+        server = Server(App(Gateway(rt)), address=host, port=port, interface=Interfaces.ASGI, websockets=False, log_enabled=True, log_access=False)
         logging.getLogger("_granian").addFilter(_Quiet())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
