@@ -99,9 +99,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=300)
-        # No default User-Agent: the request carries what upstream.py built. aiohttp decompresses;
-        # the response httpx sees is then identity-encoded (see _identity).
-        self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        # No default User-Agent: the request carries what upstream.py built. No cookie jar: one
+        # session serves every account and client, and a cookie an upstream set for one of them
+        # must never ride along on another's request. aiohttp decompresses; the response httpx
+        # sees is then identity-encoded (see _identity).
+        self._session = aiohttp.ClientSession(
+            connector=connector, skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar()
+        )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
