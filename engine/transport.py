@@ -5,12 +5,14 @@ Measured in tools/bench (thin-proxy section), httpx's own transport costs severa
 of raw aiohttp per proxied request, and the `httpx-aiohttp` package about twice. What remains of
 the gap is conversion: header models rebuilt in both directions, URL strings re-parsed on every
 call. This transport converts each thing once: request headers go to aiohttp as plain pairs, the
-URL is parsed by yarl once per distinct URL, response headers are handed to httpx as the raw
-pairs aiohttp already has. The gateway calls `handle_async_request` directly (engine/upstream.py):
-httpx's client layer adds cookies, auth and redirect handling it has no use for.
+URL is parsed by yarl once per distinct URL, response headers reach httpx as the raw pairs aiohttp
+already has, and `read_body`/`body_chunks` take the body straight from aiohttp (which
+decompresses it). The gateway calls `handle_async_request` directly (engine/upstream.py): httpx's
+client layer adds cookies, auth and redirect handling an API gateway has no use for.
 
 Errors are httpx's: a connect failure is `httpx.ConnectError`, a silent upstream
-`httpx.ReadTimeout`, a dropped connection `httpx.ReadError`, so callers map one family.
+`httpx.ReadTimeout`, a dropped connection `httpx.RemoteProtocolError` or `httpx.ReadError`, so
+callers map one family.
 """
 
 from __future__ import annotations
