@@ -214,30 +214,6 @@ def compile_expr(text: str) -> Node:
             return None if isinstance(value, StrictUndefined) else value
 
         return jinja
-    if _IDENT_PATH.match(text):
-        # Plain dotted paths are most of every spec: a direct walk is ~10x faster than JMESPath.
-        parts = text.split(".")
-        if len(parts) == 1:
-            key = parts[0]
-            return lambda ctx: ctx.get(key)
-        if len(parts) == 2:
-            a, b = parts
-
-            def get2(ctx: Ctx) -> Any:
-                v = ctx.get(a)
-                return v.get(b) if isinstance(v, dict) else None
-
-            return get2
-
-        def getn(ctx: Ctx) -> Any:
-            v: Any = ctx
-            for p in parts:
-                if not isinstance(v, dict):
-                    return None
-                v = v.get(p)
-            return v
-
-        return getn
     compiled = _jmespath(text)
     if getattr(compiled, "cannot_fail", False):  # a plain path walk: no error to name
         return compiled
@@ -256,7 +232,7 @@ _EVAL_ERRORS = (jmespath.exceptions.JMESPathError, TypeError, ValueError)
 
 
 def _failed(text: str, e: Exception) -> ExprError:
-    return e if isinstance(e, ExprError) else ExprError(f"expression '{text}' failed: {e}")
+    return ExprError(f"expression '{text}' failed: {e}")
 
 
 def _jmespath(text: str) -> Callable[[Any], Any]:
