@@ -117,6 +117,14 @@ def run() -> list[tuple[str, str, str]]:
 
         body = wire_request()
         decode_us = cpu_us(lambda: fmt.decode_request(body, {}, validated=True), 2000)
+
+        def fast_path_miss() -> None:  # same format both ends: the key needs the canonical decode
+            decoded = fmt.decode_request(body, {}, validated=True)
+            k = cache_key(decoded, MODEL, "team-c")
+            if cacheable(decoded, rules) and cache.get(k) is None:
+                cache.put(f"f{next(count)}", resp, MODEL)
+
+        fast_miss_us = cpu_us(fast_path_miss, 2000)
         plain_us = cpu_us(hit_plain, 5000)
         stream_us = cpu_us(hit_stream, 5000)
         miss_total_us = cpu_us(miss_overhead, 5000)
@@ -134,7 +142,8 @@ def run() -> list[tuple[str, str, str]]:
         ("hit answered as a stream: key + get + replay encode (µs CPU)", f"{stream_us:.1f}", "<= 300"),
         ("miss overhead: key + rule + get + put (µs CPU)", f"{miss_total_us:.1f}", "<= 30"),
         ("idempotency begin + complete, new key (µs CPU)", f"{idem_us:.1f}", "-"),
-        ("for scale: canonical decode, openai-chat; the fast path pays it for a key (µs CPU)", f"{decode_us:.1f}", "-"),
+        ("canonical decode of that request, openai-chat (µs CPU)", f"{decode_us:.1f}", "-"),
+        ("miss overhead on the same-format fast path: decode + key + rule + get + put (µs CPU)", f"{fast_miss_us:.1f}", "<= 30"),
     ]
 
 
