@@ -19,6 +19,7 @@ from .pricing import Price
 from .routing import STRATEGIES
 from .runtime import (
     CAPABILITIES,
+    DEFAULT_TIMEOUTS,
     Account,
     ApiKey,
     Combo,
@@ -264,7 +265,7 @@ def _connections(b: _Build, doc: Doc, providers: Mapping[str, ProviderSpec], for
             accounts=tuple(accounts),
             headers=_frozen({**spec.headers, **(raw.get("headers") or {})}),
             models=_frozen(models),
-            timeouts=_frozen({**spec.timeouts, **(raw.get("timeouts") or {})}),
+            timeouts=_frozen({**DEFAULT_TIMEOUTS, **spec.timeouts, **(raw.get("timeouts") or {})}),
         )
     return out
 

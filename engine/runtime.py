@@ -13,6 +13,11 @@ from typing import Any
 from .pricing import Price
 from .translate import Format
 
+# Seconds. A spec's and then the config's `timeouts` override these, key by key, at compile time.
+# connect: TCP/TLS; first_byte: until the answer's headers; idle: between two reads of the body;
+# total: the whole exchange, a stream included.
+DEFAULT_TIMEOUTS = {"connect": 10.0, "first_byte": 120.0, "idle": 120.0, "total": 900.0}
+
 CAPABILITIES = ("tools", "vision", "reasoning", "json", "audio")
 MODEL_TYPES = ("chat", "embedding", "image", "audio")
 

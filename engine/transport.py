@@ -41,8 +41,10 @@ def _mapped(e: BaseException) -> httpx.TransportError:
         return httpx.ConnectTimeout(str(e) or "connect timed out")
     if isinstance(e, aiohttp.ClientConnectorError):
         return httpx.ConnectError(str(e))
-    if isinstance(e, aiohttp.ServerTimeoutError | TimeoutError):
-        return httpx.ReadTimeout(str(e) or "read timed out")
+    if isinstance(e, aiohttp.ServerTimeoutError):  # sock_read: nothing arrived for that long
+        return httpx.ReadTimeout(str(e) or "idle timeout")
+    if isinstance(e, TimeoutError):  # aiohttp's whole-exchange timer
+        return httpx.ReadTimeout("the answer took longer than the total timeout")
     if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(str(e) or "server disconnected")
     return httpx.ReadError(str(e) or e.__class__.__name__)
@@ -123,7 +125,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             resp = await session.request(
                 request.method, _yarl(request.url), headers=headers, data=data, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(sock_connect=t.get("connect"), sock_read=t.get("read"), connect=t.get("pool")),
+                timeout=aiohttp.ClientTimeout(
+                    total=t.get("total"), sock_connect=t.get("connect"), sock_read=t.get("read"), connect=t.get("pool")
+                ),
             )
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _mapped(e) from e

@@ -22,7 +22,6 @@ from .transport import AiohttpTransport
 if TYPE_CHECKING:
     from .runtime import Account, Connection, Model
 
-DEFAULT_TIMEOUTS = {"connect": 10.0, "first_byte": 120.0, "idle": 120.0, "total": 900.0}
 AUTH_KINDS: dict[str, Callable[[dict[str, str], dict[str, str], dict[str, Any], str], None]] = {}
 
 
@@ -103,8 +102,9 @@ class Upstream:
 
     async def send(self, request: httpx.Request, conn: Connection, model: Model, attempt: int) -> httpx.Response:
         """Send and return once headers arrived (the body streams). Maps every transport failure."""
-        t = {**DEFAULT_TIMEOUTS, **conn.timeouts}
-        request.extensions["timeout"] = httpx.Timeout(connect=t["connect"], read=t["idle"], write=t["idle"], pool=t["connect"]).as_dict()
+        t = conn.timeouts  # the defaults merged in at compile time (runtime.DEFAULT_TIMEOUTS)
+        # httpx's timeout keys, plus `total`, which our transport enforces and others ignore.
+        request.extensions["timeout"] = {"connect": t["connect"], "read": t["idle"], "write": t["idle"], "pool": t["connect"], "total": t["total"]}
         try:
             async with asyncio.timeout(t["first_byte"]):
                 return await self.transport.handle_async_request(request)
@@ -123,5 +123,5 @@ class Upstream:
 def transport_error(e: Exception, conn_id: str) -> UpstreamError:
     """A failure while reading a body that already started."""
     if isinstance(e, httpx.TimeoutException):
-        return UpstreamError(f"{conn_id} stopped sending (idle timeout)", status=504, kind="timeout", provider=conn_id)
+        return UpstreamError(f"{conn_id} timed out mid-answer ({e})", status=504, kind="timeout", provider=conn_id)
     return UpstreamError(f"{conn_id} closed the connection mid-answer ({e.__class__.__name__})", status=502, kind="bad_gateway", provider=conn_id)

@@ -141,3 +141,13 @@ def test_public_surface_resolves() -> None:
     assert engine.__all__ == ["GatewayError", "SpecError", "__version__", "build", "check", "create_app"]
     for name in engine.__all__:
         assert getattr(engine, name) is not None
+
+
+def test_timeouts_are_defaults_then_spec_then_config(tmp_path: Path) -> None:
+    from engine.runtime import DEFAULT_TIMEOUTS
+
+    rt = build(write(tmp_path, "providers:\n  openai: {api_key: k, timeouts: {idle: 5}}\n  together: {api_key: k}\n"), env={})
+    openai, together = rt.connections["openai"].timeouts, rt.connections["together"].timeouts
+    assert openai["idle"] == 5 and set(openai) == set(DEFAULT_TIMEOUTS)  # every key, for the transport
+    assert together["first_byte"] == 180  # specs/providers/together.yaml
+    assert together["connect"] == 10 and together["total"] == 900

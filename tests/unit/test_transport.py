@@ -151,3 +151,28 @@ def test_silence_is_read_timeout_and_a_cut_body_is_a_transport_error() -> None:
 
     asyncio.run(_serve(silent, times_out))
     asyncio.run(_serve(cut, breaks))
+
+
+def test_total_timeout_cuts_a_trickling_body() -> None:
+    """`total` bounds the whole exchange: a body that keeps trickling in (never idle long enough
+    for the read timeout) is still cut."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request_of(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(40):
+            writer.write(b"2\r\nok\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    async def cut(url: str) -> None:
+        t = AiohttpTransport()
+        req = httpx.Request("GET", url, extensions={"timeout": {"connect": 1.0, "read": 1.0, "pool": 1.0, "total": 0.4}})
+        resp = await t.handle_async_request(req)
+        with pytest.raises(httpx.ReadTimeout, match="total timeout"):
+            await read_body(resp)
+        await resp.aclose()
+        await t.aclose()
+
+    asyncio.run(_serve(trickle, cut))
