@@ -27,6 +27,8 @@ class Reloader:
         self.debounce_ms = debounce_ms
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()  # one build at a time; each compares with what is live
+        self._recheck: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -61,8 +63,11 @@ class Reloader:
         return [d for d in dict.fromkeys(dirs) if d.exists()], files, spec_dirs
 
     async def _run(self) -> None:
+        recheck = False
         while not self._stop.is_set():
             dirs, files, spec_dirs = self._targets()
+            if recheck:  # a change made while the watch was being moved is not lost
+                self._recheck = asyncio.get_running_loop().create_task(self._reload_soon())
 
             def relevant(change: watchfiles.Change, path: str, files: set[Path] = files, spec_dirs: set[Path] = spec_dirs) -> bool:
                 p = Path(path)
@@ -74,9 +79,19 @@ class Reloader:
                 *dirs, watch_filter=relevant, debounce=self.debounce_ms, step=20, stop_event=self._stop, recursive=False
             ):
                 await self.reload()
-                break  # watch again: the config may now name other spec directories
+                recheck = self._targets() != (dirs, files, spec_dirs)
+                if recheck:
+                    break  # the config names other spec directories now (or one appeared): watch those
+
+    async def _reload_soon(self) -> None:
+        await asyncio.sleep(0.2)  # once the new watch is in place
+        await self.reload()
 
     async def reload(self) -> bool:
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         gw = self.gw
         old = gw.runtime
         try:
