@@ -35,10 +35,11 @@ class Reloader:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._recheck):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def _targets(self) -> tuple[list[Path], set[Path], set[Path]]:
         """Directories to watch (none recursively), the config file, and the spec directories.
