@@ -10,6 +10,7 @@ Every attempt leaves one usage record; the one whose outcome the client got is m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -555,20 +556,28 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
     started = False
     err: GatewayError | None = None
     cancelled = True
+    # Relayed but not yet decoded on the side: the client's bytes go out first, the decode follows
+    # (and still happens in `finally` when the client leaves right after the last chunk).
+    later: list[Any] = []
+
+    def decode_later() -> None:
+        for item in later:
+            for ev in decoder.feed(item) if parser is None else decoder.decode_data(*item):
+                _observe(watch, ev)
+                if assembler is not None:
+                    assembler.push(ev)
+        later.clear()
+
     try:
         async for chunk in body_chunks(resp):
-            # Decoding on the side happens after the yield: the client's bytes go out first.
             if parser is None:  # ndjson / json-array: relay as is, decode everything on the side
                 watch.bytes_out += len(chunk)
                 started = True
+                later.append(chunk)
                 yield chunk
-                for ev in decoder.feed(chunk):
-                    _observe(watch, ev)
-                    if assembler is not None:
-                        assembler.push(ev)
+                decode_later()
                 continue
             out = []
-            later = []
             for event, data in parser.feed(chunk):
                 if assembler is not None:
                     if data != fmt.done:
@@ -587,11 +596,7 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
                 b = "".join(out).encode()
                 watch.bytes_out += len(b)
                 yield b
-            for event, data in later:
-                for ev in decoder.decode_data(event, data):
-                    _observe(watch, ev)
-                    if assembler is not None:
-                        assembler.push(ev)
+            decode_later()
         cancelled = False
         if assembler is not None:
             watch.response = assembler.response()
@@ -603,6 +608,9 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
         yield call.fmt.encoder(call.meta).error(err)
     finally:
         await resp.aclose()
+        if later:
+            with contextlib.suppress(GatewayError):
+                decode_later()
         if started or not err:
             watch.close(err, cancelled=cancelled)
 
