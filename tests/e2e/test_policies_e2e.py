@@ -45,6 +45,11 @@ def _hours_excluding_now() -> str:
     return f"{start:02d}:00-{start + 1:02d}:00"
 
 
+# Computed once: the config and the assertions must name the same window even when the run
+# crosses an hour boundary.
+NOT_NOW = _hours_excluding_now()
+
+
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -73,7 +78,7 @@ def _policies() -> list[dict[str, Any]]:
             "match": {
                 "all": [
                     _on("x-sched", "1"),
-                    {"schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()}},
+                    {"schedule": {"days": ALL_DAYS, "hours": NOT_NOW}},
                 ]
             },
             "deny": {"message": "closed at this hour"},
@@ -116,7 +121,7 @@ def _config(fake_url: str) -> dict[str, Any]:
             {
                 "name": "sched",
                 "key": "sk-sched-00001",
-                "schedule": {"days": ALL_DAYS, "hours": _hours_excluding_now()},
+                "schedule": {"days": ALL_DAYS, "hours": NOT_NOW},
             },
         ],
         "policies": _policies(),
@@ -429,7 +434,7 @@ def test_schedules(gw: Gateway) -> None:
     # a key whose schedule excludes now is refused, saying when it may be used
     with pytest.raises(openai.PermissionDeniedError) as e:
         ask(gw, key="sk-sched-00001")
-    assert f"key 'sched' may be used only {','.join(ALL_DAYS)} {_hours_excluding_now()} (UTC)" in str(e.value)
+    assert f"key 'sched' may be used only {','.join(ALL_DAYS)} {NOT_NOW} (UTC)" in str(e.value)
 
 
 # ------------------------------------------------------------------ settings API
