@@ -101,6 +101,7 @@ class Gateway:
         from .cache import CacheRules
 
         self.runtime = runtime
+        self.upstream.forget()
         self.resilience.configure(runtime)
         self.cache_rules = CacheRules.from_config(runtime.raw_config.get("cache"))
         self.idempotency.window_s = self.cache_rules.idempotency_window_s

@@ -61,10 +61,14 @@ class Upstream:
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.transport = transport or AiohttpTransport()
-        self._prepared: dict[tuple[object, ...], tuple[httpx.URL, httpx.Headers]] = {}
+        self._prepared: dict[tuple[object, ...], tuple[Connection, httpx.URL, httpx.Headers]] = {}
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+    def forget(self) -> None:
+        """Drop prepared requests (a new runtime has new connections; the old ones can go)."""
+        self._prepared.clear()
 
     def build(
         self, conn: Connection, account: Account, endpoint: str, model: Model, *, stream: bool, body: bytes | None, method: str = "POST"
@@ -75,10 +79,11 @@ class Upstream:
         path = ep.get("stream_path") if stream and ep.get("stream_path") else ep["path"]
         upstream_model = model.upstream or model.id
         # URL parsing and header assembly cost more than the rest of the request: done once per
-        # (where, who) and reused. The key holds only values, so a reload can never see stale ones.
-        key = (conn.base_url, path, upstream_model, account.api_key, conn.spec.auth.get("kind"), tuple(conn.headers.items()), stream, body is not None)
+        # (connection, path, model, key) and reused. Connections are immutable and a reload makes
+        # new ones, so the entry is checked to belong to this very object.
+        key = (id(conn), path, upstream_model, account.api_key, stream, body is not None)
         hit = self._prepared.get(key)
-        if hit is None:
+        if hit is None or hit[0] is not conn:
             headers = dict(conn.headers)
             query: dict[str, str] = {}
             AUTH_KINDS[conn.spec.auth["kind"]](headers, query, dict(conn.spec.auth), account.api_key)
@@ -90,8 +95,8 @@ class Upstream:
                 url = url.copy_merge_params(query)
             if len(self._prepared) > 4096:
                 self._prepared.clear()
-            hit = self._prepared[key] = (url, httpx.Headers(headers))
-        url, prepared = hit
+            hit = self._prepared[key] = (conn, url, httpx.Headers(headers))
+        _, url, prepared = hit
         if body is None:
             return httpx.Request(ep.get("method", method), url, headers=prepared)
         # A body given as a stream skips httpx's content encoding and header defaults (Host and
