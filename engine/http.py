@@ -144,33 +144,35 @@ class StreamingResponse(Response):
             raw.append((b"cache-control", b"no-cache"))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         # A client that goes away must stop the upstream read at once (and be recorded as such):
-        # the server does not raise on a closed connection, so watch for http.disconnect.
+        # the server does not raise on a closed connection, so one task pumps the chunks while
+        # another waits for http.disconnect; whichever ends first ends the other. (A task per
+        # chunk raced against the disconnect cost more than relaying the chunk.)
+        pump = asyncio.ensure_future(self._pump(send))
         gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
-        it = self.chunks.__aiter__()
         try:
-            while True:
-                nxt = asyncio.ensure_future(it.__anext__())
-                if gone is not None:
-                    await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if not nxt.done():
-                        nxt.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                            await nxt
-                        return
-                try:
-                    chunk = await nxt
-                except StopAsyncIteration:
-                    break
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            if gone is not None:
+                await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not pump.done():
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+                    return
+            await pump
         finally:
             if gone is not None:
                 gone.cancel()
+            if not pump.done():  # we were cancelled ourselves
+                pump.cancel()
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):  # already finished by the cancellation
                     await aclose()
+
+    async def _pump(self, send: Send) -> None:
+        async for chunk in self.chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _disconnected(receive: Receive) -> None:
