@@ -44,7 +44,7 @@ import orjson
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .jmes import compile_jmespath
+from .jmes import compile_jmespath, path_of
 
 Ctx = dict[str, Any]
 Node = Callable[[Ctx], Any]
@@ -249,7 +249,7 @@ def compile_node(spec: Any, where: str = "") -> Node:
     would have run: an object, a list, a path walk or a branch costs no call of its own. Format
     specs run a few hundred nodes per request, and a call per node was most of their cost. JMESPath
     beyond plain paths and Jinja stay compiled closures, called from the generated code."""
-    if isinstance(spec, str) and not _IDENT_PATH.match(spec):
+    if isinstance(spec, str) and not _IDENT_PATH.match(spec) and (spec.startswith("=") or path_of(spec) is None):
         try:
             return compile_expr(spec)  # one expression: its closure is the node
         except ExprError as e:
@@ -313,11 +313,15 @@ class _Gen:
 
     def string(self, text: str, ctx: str, ind: int, where: str) -> str:
         v = self.local()
-        if _IDENT_PATH.match(text):  # plain dotted paths are most of every spec: walked inline
-            first, *rest = text.split(".")
-            self.emit(ind, f"{v} = {ctx}.get({first!r})")
-            for part in rest:
-                self.emit(ind, f"{v} = {v}.get({part!r}) if isinstance({v}, dict) else None")
+        path = text.split(".") if _IDENT_PATH.match(text) else None if text.startswith("=") else path_of(text)
+        if path and isinstance(path[0], str):  # plain paths are most of every spec: walked inline
+            self.emit(ind, f"{v} = {ctx}.get({path[0]!r})")
+            for step in path[1:]:
+                if isinstance(step, str):
+                    self.emit(ind, f"{v} = {v}.get({step!r}) if isinstance({v}, dict) else None")
+                else:  # JMESPath indexes: out of range is null, negative counts from the end
+                    bound = f"len({v}) > {step}" if step >= 0 else f"len({v}) >= {-step}"
+                    self.emit(ind, f"{v} = {v}[{step}] if isinstance({v}, list) and {bound} else None")
             return v
         try:
             fn = _jmespath(text) if not text.startswith("=") else compile_expr(text)

@@ -229,6 +229,14 @@ def _compile(node: dict[str, Any], fns: jfunctions.Functions) -> Fn:
     raise Unsupported
 
 
+def path_of(text: str) -> list[str | int] | None:
+    """The steps of `text` when it is a plain path of fields and indexes, else None."""
+    try:
+        return _path(jmespath.compile(text).parsed)
+    except jmespath.exceptions.JMESPathError:
+        return None
+
+
 def _path(node: dict[str, Any]) -> list[str | int] | None:
     """`choices[0].delta.content` as ["choices", 0, "delta", "content"]; None unless every step is
     a field or an index (projections and functions change what the next step applies to)."""

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import jmespath
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.expr import HELPERS, ExprError, compile_node, helper_names_used
+
+_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from(["", "x"]))
+_DOCS = st.dictionaries(
+    st.sampled_from(["a", "b", "a-b"]),
+    st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, max_size=3)), max_leaves=10),
+    max_size=3,
+)
 
 
 def run(spec, **ctx):  # type: ignore[no-untyped-def]
@@ -84,3 +94,13 @@ def test_helper_count_stays_small() -> None:
             used[name] += 1
     print(f"\n{len(HELPERS)} helpers; format specs using each: {used}")
     assert len(HELPERS) <= 10, "the escape hatch is growing: express it in the spec language instead"
+
+
+@pytest.mark.parametrize("expr", ["a[0]", "a[-1].b", "a.b[2].c", "a[1][0]", "a.b[-2]", '"a-b".c[0]'])
+@settings(max_examples=60, deadline=None)
+@given(doc=_DOCS)
+def test_inlined_paths_agree_with_jmespath(expr: str, doc: dict[str, object]) -> None:
+    """Paths of fields and indexes are generated inline inside objects; JMESPath is the reference."""
+    want = jmespath.search(expr, doc)
+    got = compile_node({"x": expr})(doc)
+    assert got == ({"x": want} if want is not None else {})
