@@ -20,11 +20,20 @@ import httpx
 import orjson
 
 from .attempts import run_attempts
-from .canonical import clean_usage, estimate_tokens, features_used
+from .cache import (
+    ResponseAssembler,
+    cache_key,
+    cacheable,
+    events_from_response,
+    last_user_text,
+    semantic_scope,
+)
+from .canonical import clean_usage, estimate_tokens, features_used, merge_usage
 from .errors import ERROR_KINDS, ClientError, GatewayError, RateLimited, UpstreamError
 from .http import JSONResponse, Response, StreamingResponse
 from .pricing import cost_micro_usd, worst_case_micro_usd
 from .routing import Target, resolve
+from .strategies import describe_skips, filter_capable, needs_of
 from .stream import SSEParser
 from .transport import body_chunks, read_body
 from .upstream import transport_error
@@ -174,8 +183,6 @@ async def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]
     rules = gw.cache_rules
     if gw.cache is None or not rules.enabled or call.headers_in.get("x-omniroute-no-cache", "").lower() == "true":
         return None
-    from .cache import cache_key, cacheable, events_from_response, last_user_text, semantic_scope
-
     req = call.canonical()
     if not cacheable(req, rules):
         return None
@@ -292,8 +299,6 @@ def _facts(call: Call, head: dict[str, Any], fields: Any) -> Any:
 def _admissible(gw: Gateway, call: Call, res: Any, facts: Any, first: Any, est: int) -> list[Target]:
     """Targets that may serve this request: capable of what it needs, allowed by every policy rule
     that looks at the resolved target. Each kept target's request rewrite is noted on the call."""
-    from .strategies import describe_skips, filter_capable, needs_of
-
     targets: list[Target] = res.targets
     skipped: list[tuple[Target, str]] = []
     if len(targets) > 1 or (first is not None and (first.capabilities or first.context)):
@@ -549,8 +554,6 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
     hint = fmt.usage_hint
     assembler = None
     if call.cache_key is not None:
-        from .cache import ResponseAssembler
-
         assembler = ResponseAssembler()  # the cache needs the whole answer: decode every event
     want_usage = call.meta.get("include_usage")
     started = False
@@ -618,8 +621,6 @@ async def _passthrough_stream(resp: httpx.Response, call: Call, fmt: Format, con
 def _observe(watch: _Watch, ev: dict[str, Any]) -> None:
     t = ev.get("type")
     if t == "usage":
-        from .canonical import merge_usage
-
         merge_usage(watch.usage, ev)
     elif t == "text":
         watch.text_chars += len(ev.get("text") or "")
