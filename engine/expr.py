@@ -44,6 +44,7 @@ import orjson
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import jmes_gen
 from .jmes import compile_jmespath, path_of
 
 Ctx = dict[str, Any]
@@ -246,17 +247,17 @@ def compile_node(spec: Any, where: str = "") -> Node:
     """Compile a node (see module docstring). Raises ExprError naming `where` on a bad node.
 
     A node tree becomes the source of one Python function, statements in the order the closures
-    would have run: an object, a list, a path walk or a branch costs no call of its own. Format
-    specs run a few hundred nodes per request, and a call per node was most of their cost. JMESPath
-    beyond plain paths and Jinja stay compiled closures, called from the generated code."""
-    if isinstance(spec, str) and not _IDENT_PATH.match(spec) and (spec.startswith("=") or path_of(spec) is None):
+    would have run: an object, a list, a path walk, a filter or a branch costs no call of its own.
+    Format specs run a few hundred nodes per request, and a call per node was most of their cost.
+    Jinja, and the rare JMESPath forms jmes_gen does not cover, stay closures called from it."""
+    if isinstance(spec, str) and spec.startswith("="):
         try:
-            return compile_expr(spec)  # one expression: its closure is the node
+            return compile_expr(spec)  # one Jinja expression: its closure is the node
         except ExprError as e:
             raise ExprError(f"{where}: {e}" if where else str(e)) from None
     gen = _Gen()
     result = gen.node(spec, "ctx", 1, where)
-    source = "def _node(ctx):\n" + "\n".join(gen.lines) + f"\n    return {result}\n"
+    source = "def _node(ctx):\n" + "\n".join(gen.hoisted + gen.lines) + f"\n    return {result}\n"
     namespace = dict(gen.consts)
     exec(compile(source, f"<node {where or 'spec'}>", "exec"), namespace)
     fn: Node = namespace["_node"]
@@ -271,6 +272,12 @@ class _Gen:
         self.consts: dict[str, Any] = {"_loads": orjson.loads, "_EVAL_ERRORS": _EVAL_ERRORS, "_failed": _failed}
         self.lines: list[str] = []
         self.count = 0
+        # Context dicts in scope: name -> (parent, the locals bound into it by $each/$let). A
+        # variable is read from its local, not looked up in the dict (which the closures still get).
+        self.scopes: dict[str, tuple[str | None, dict[str, str]]] = {"ctx": (None, {})}
+        self.hoisted: list[str] = []  # the root context's variables, read once at the top
+        self.booleans: set[str] = set()  # locals holding True/False/None: `if x:` is their truthiness
+        self.built: set[str] = set()  # locals holding a dict or list built here: never None
 
     def const(self, value: Any) -> str:
         name = f"_k{len(self.consts)}"
@@ -284,6 +291,37 @@ class _Gen:
     def emit(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
 
+    def lookup(self, ctx: str, name: str) -> str:
+        """The local holding variable `name` of context `ctx`."""
+        scope: str | None = ctx
+        while scope is not None:
+            parent, bound = self.scopes[scope]
+            if name in bound:
+                return bound[name]
+            scope = parent
+        v = self.local()
+        self.hoisted.append(f"    {v} = ctx.get({name!r})")
+        self.scopes["ctx"][1][name] = v
+        return v
+
+    def child(self, ctx: str, ind: int) -> str:
+        """A new context dict inheriting `ctx`'s variables."""
+        c = self.local()
+        self.emit(ind, f"{c} = dict({ctx})")
+        self.scopes[c] = (ctx, {})
+        return c
+
+    def bind(self, ctx: str, name: str, value: str, ind: int) -> None:
+        self.emit(ind, f"{ctx}[{self.const(name)}] = {value}")
+        self.scopes[ctx][1][name] = value
+
+    def never_none(self, v: str) -> bool:
+        return v in self.built or (v in self.consts and self.consts[v] is not None)
+
+    def truthy(self, v: str) -> str:
+        """JMESPath truthiness of local `v` as a Python condition (0 is true, empty is false)."""
+        return v if v in self.booleans else f"{v} or ({v} == 0 and {v} is not False)"
+
     def node(self, spec: Any, ctx: str, ind: int, where: str) -> str:
         if isinstance(spec, str):
             return self.string(spec, ctx, ind, where)
@@ -294,7 +332,8 @@ class _Gen:
             self.emit(ind, f"{out} = []")
             for i, item in enumerate(spec):
                 v = self.node(item, ctx, ind, f"{where}[{i}]")
-                self.emit(ind, f"if {v} is not None: {out}.append({v})")
+                self.emit(ind, f"{out}.append({v})" if self.never_none(v) else f"if {v} is not None: {out}.append({v})")
+            self.built.add(out)
             return out
         if not isinstance(spec, dict):
             raise ExprError(f"{where}: unsupported node {spec!r}")
@@ -305,34 +344,65 @@ class _Gen:
                 raise ExprError(f"{where}: unknown directive {unknown[0]} (valid: {', '.join(sorted(_DIRECTIVES))})")
             return self.directive(spec, ctx, ind, where)
         out = self.local()
-        self.emit(ind, f"{out} = {{}}")
-        for k, sub in spec.items():
+        items = list(spec.items())
+        fixed = []  # leading constants go in the dict display
+        while items and _is_const(items[0][1]):
+            k, sub = items.pop(0)
+            v = self.node(sub, ctx, ind, f"{where}.{k}")
+            if self.consts[v] is not None:
+                fixed.append(f"{self.const(k)}: {v}")
+        self.emit(ind, f"{out} = {{{', '.join(fixed)}}}")
+        for k, sub in items:
             v = self.node(sub, ctx, ind, f"{where}.{k}" if where else str(k))
-            self.emit(ind, f"if {v} is not None: {out}[{self.const(k)}] = {v}")
+            if self.never_none(v):
+                self.emit(ind, f"{out}[{self.const(k)}] = {v}")
+            else:
+                self.emit(ind, f"if {v} is not None: {out}[{self.const(k)}] = {v}")
+        self.built.add(out)
         return out
 
     def string(self, text: str, ctx: str, ind: int, where: str) -> str:
-        v = self.local()
-        path = text.split(".") if _IDENT_PATH.match(text) else None if text.startswith("=") else path_of(text)
+        if text.startswith("="):
+            try:
+                fn = compile_expr(text)
+            except ExprError as e:
+                raise ExprError(f"{where}: {e}" if where else str(e)) from None
+            return self._emit_value(ind, self.local(), f"{self.const(fn)}({ctx})")
+        path = text.split(".") if _IDENT_PATH.match(text) else path_of(text)
         if path and isinstance(path[0], str):  # plain paths are most of every spec: walked inline
-            self.emit(ind, f"{v} = {ctx}.get({path[0]!r})")
+            v = self.lookup(ctx, path[0])
+            if len(path) == 1:
+                return v
+            at, v = v, self.local()
             for step in path[1:]:
                 if isinstance(step, str):
-                    self.emit(ind, f"{v} = {v}.get({step!r}) if isinstance({v}, dict) else None")
+                    self.emit(ind, f"{v} = {at}.get({step!r}) if isinstance({at}, dict) else None")
                 else:  # JMESPath indexes: out of range is null, negative counts from the end
-                    bound = f"len({v}) > {step}" if step >= 0 else f"len({v}) >= {-step}"
-                    self.emit(ind, f"{v} = {v}[{step}] if isinstance({v}, list) and {bound} else None")
+                    bound = f"len({at}) > {step}" if step >= 0 else f"len({at}) >= {-step}"
+                    self.emit(ind, f"{v} = {at}[{step}] if isinstance({at}, list) and {bound} else None")
+                at = v
             return v
         try:
-            fn = _jmespath(text) if not text.startswith("=") else compile_expr(text)
-        except ExprError as e:
-            raise ExprError(f"{where}: {e}" if where else str(e)) from None
-        call = f"{v} = {self.const(fn)}({ctx})"
-        if text.startswith("=") or getattr(fn, "cannot_fail", False):
-            self.emit(ind, call)
+            parsed = jmes_gen.parse(text)
+        except jmespath.exceptions.JMESPathError as e:
+            raise ExprError(f"{where}: invalid JMESPath expression '{text}': {e}" if where else f"invalid JMESPath expression '{text}': {e}") from None
+        mark = len(self.lines)
+        self.emit(ind, "try:")  # free in 3.11 when nothing is raised, unlike a wrapper call
+        src = jmes_gen.JmesSource(self, _OPTIONS.custom_functions)
+        src.booleans = self.booleans
+        try:
+            v = src.value(parsed, ctx, ind + 1)
+        except jmes_gen.Unsupported:
+            del self.lines[mark:]
+            v = self._emit_value(ind + 1, self.local(), f"{self.const(_jmespath(text))}({ctx})")
+            self.lines.insert(mark, "    " * ind + "try:")
+            src.may_raise = True
+        if not src.may_raise:
+            del self.lines[mark]
+            self.lines[mark:] = [line[4:] for line in self.lines[mark:]]
             return v
-        self.emit(ind, "try:")  # inline: free in 3.11 when nothing is raised, unlike a wrapper call
-        self.emit(ind + 1, call)
+        if len(self.lines) == mark + 1:
+            self.emit(ind + 1, "pass")
         self.emit(ind, "except _EVAL_ERRORS as _e:")
         self.emit(ind + 1, f"raise _failed({self.const(text)}, _e) from None")
         return v
@@ -353,22 +423,22 @@ class _Gen:
             flat = bool(spec.get("$flat", False))
             self.emit(ind, f"{v} = {'None' if spec.get('$nonempty') else '[]'}")
             self.emit(ind, f"if {items}:")
-            out, child, item = self.local(), self.local(), self.local()
+            out, item = self.local(), self.local()
             self.emit(ind + 1, f"{out} = []")
-            self.emit(ind + 1, f"{child} = dict({ctx})")
+            child = self.child(ctx, ind + 1)
             self.emit(ind + 1, f"for {item} in ({items} if isinstance({items}, list) else [{items}]):")
-            self.emit(ind + 2, f"{child}[{self.const(name)}] = {item}")
+            self.bind(child, name, item, ind + 2)
             r = self.node(spec.get("$do", name), child, ind + 2, f"{where}.$do")
             if flat:
                 self.emit(ind + 2, f"if isinstance({r}, list): {out}.extend({r})")
                 self.emit(ind + 2, f"elif {r} is not None: {out}.append({r})")
             else:
-                self.emit(ind + 2, f"if {r} is not None: {out}.append({r})")
+                self.emit(ind + 2, f"{out}.append({r})" if self.never_none(r) else f"if {r} is not None: {out}.append({r})")
             self.emit(ind + 1, f"{v} = {out} if {out} or not {bool(spec.get('$nonempty'))} else None")
             return v
         if "$if" in spec:
             c = self.node(spec["$if"], ctx, ind, f"{where}.$if")
-            self.emit(ind, f"if {c} or ({c} == 0 and {c} is not False):")  # JMESPath truthiness (_truthy)
+            self.emit(ind, f"if {self.truthy(c)}:")
             self.branch(spec.get("$then"), ctx, ind + 1, f"{where}.$then", v)
             self.emit(ind, "else:")
             self.branch(spec.get("$else"), ctx, ind + 1, f"{where}.$else", v)
@@ -413,17 +483,22 @@ class _Gen:
                 self.emit(ind, f"elif {r} is not None: {v}.append({r})")
             return v
         if "$let" in spec:
-            child = self.local()
-            self.emit(ind, f"{child} = dict({ctx})")
+            child = self.child(ctx, ind)
             for k, sub in spec["$let"].items():
-                r = self.node(sub, child, ind, f"{where}.$let.{k}")
-                self.emit(ind, f"{child}[{self.const(k)}] = {r}")
+                self.bind(child, k, self.node(sub, child, ind, f"{where}.$let.{k}"), ind)
             return self.node(spec.get("$in"), child, ind, f"{where}.$in")
         raise ExprError(f"{where}: a directive object needs one of $const, $each, $if, $switch, $map, $merge, $first, $concat, $let")
 
     def _emit_value(self, ind: int, v: str, expr: str) -> str:
         self.emit(ind, f"{v} = {expr}")
         return v
+
+
+def _is_const(spec: Any) -> bool:
+    """A node whose value is a scalar fixed at compile time (no statements, a constant name)."""
+    if isinstance(spec, dict):
+        return set(spec) == {"$const"} and not isinstance(spec["$const"], dict | list)
+    return spec is None or isinstance(spec, bool | int | float)
 
 
 def _truthy(v: Any) -> bool:
