@@ -59,6 +59,7 @@ class CacheRules:
     ttl_s: float = 3600.0
     max_entries: int = 1000
     max_bytes: int = 64 * 1024 * 1024
+    persistent_max_entries: int = 100_000
     max_temperature: float = 0.0
     cache_tool_calls: bool = False
     semantic_enabled: bool = False
@@ -79,6 +80,7 @@ class CacheRules:
             ttl_s=float(raw.get("ttl_s", d.ttl_s)),
             max_entries=int(raw.get("max_entries", d.max_entries)),
             max_bytes=int(raw.get("max_bytes", d.max_bytes)),
+            persistent_max_entries=int(raw.get("persistent_max_entries", d.persistent_max_entries)),
             max_temperature=float(raw.get("max_temperature", d.max_temperature)),
             cache_tool_calls=bool(raw.get("cache_tool_calls", d.cache_tool_calls)),
             semantic_enabled=bool(sem.get("enabled", d.semantic_enabled)),
@@ -130,6 +132,28 @@ def storable(resp: Mapping[str, Any], rules: CacheRules) -> bool:
             if p.get("type") == "tool_call":
                 return False
     return True
+
+
+def storable_probe(probe: Mapping[str, Any] | None, rules: CacheRules) -> bool:
+    """`storable` for a wire answer read through its format's probe (Format.response_probe)."""
+    if not probe or probe.get("error") or not probe.get("content"):
+        return False
+    return rules.cache_tool_calls or not probe.get("tool_calls")
+
+
+def wire_entry(raw: bytes, fmt_id: str, served_by: str) -> bytes:
+    """A stored wire answer: `raw` (a JSON object, as upstream sent it) wrapped with its format, so
+    the miss that stores it decodes nothing; `from_entry` decodes it when a hit is served."""
+    return b'{"wire":' + orjson.dumps(fmt_id) + b',"served_by":' + orjson.dumps(served_by) + b',"body":' + raw + b"}"
+
+
+def from_entry(entry: dict[str, Any], decode: Callable[[str, Any], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The canonical response of a stored entry: as stored, or decoded by `decode(format id, wire
+    body)` for a wire entry (None when that format is gone or the answer does not decode)."""
+    if "wire" not in entry:
+        return entry
+    resp = decode(entry["wire"], entry.get("body"))
+    return None if resp is None else {**resp, "served_by": entry.get("served_by")}
 
 
 def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -323,5 +347,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ANSWER_FIELDS", "CacheRules", "ResponseAssembler", "ResponseCache", "SemanticIndex", "cache_key", "cacheable",
-    "events_from_response", "last_user_text", "semantic_scope", "storable",
+    "events_from_response", "from_entry", "last_user_text", "semantic_scope", "storable", "storable_probe", "wire_entry",
 ]

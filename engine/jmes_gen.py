@@ -240,4 +240,4 @@ class JmesSource:
 
 def parse(text: str) -> dict[str, Any]:
     """The AST of `text` (raises jmespath's ParseError)."""
-    return jmespath.compile(text).parsed  # type: ignore[no-any-return]
+    return jmespath.compile(text).parsed

@@ -25,8 +25,12 @@ from .cache import (
     cache_key,
     cacheable,
     events_from_response,
+    from_entry,
     last_user_text,
     semantic_scope,
+    storable,
+    storable_probe,
+    wire_entry,
 )
 from .canonical import clean_usage, estimate_tokens, features_used, merge_usage
 from .errors import ERROR_KINDS, ClientError, GatewayError, RateLimited, UpstreamError
@@ -189,7 +193,7 @@ async def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]
     model = f"combo:{res.combo.name}" if res.combo else targets[0].key
     scope = call.key.name if call.key else None
     key = cache_key(req, model, scope)
-    hit = gw.cache.get(key)
+    hit = _cached(gw, call, key)
     how = "HIT"
     if hit is None and rules.semantic_enabled and rules.semantic_model and gw.cache.semantic is not None:
         text = last_user_text(req)
@@ -197,7 +201,7 @@ async def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]
             vector = await _embed(gw, call, rules.semantic_model, text)
             sscope = semantic_scope(req, model, scope)
             similar = gw.cache.semantic.find(sscope, vector, rules.semantic_threshold) if vector else None
-            hit = gw.cache.get(similar) if similar else None
+            hit = _cached(gw, call, similar) if similar else None
             how = "HIT; semantic"
             if hit is None and vector:
                 call.semantic = (sscope, vector)
@@ -232,11 +236,48 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
+def _cached(gw: Gateway, call: Call, key: str) -> dict[str, Any] | None:
+    """The canonical answer stored under `key`; a wire entry (stored by the fast path) is decoded
+    here, and checked as a canonical answer would have been when it was stored."""
+    entry = gw.cache.get(key)
+    if entry is None or "wire" not in entry:
+        return entry
+    resp = from_entry(entry, lambda fid, body: _decode_wire(call.rt, fid, body))
+    return resp if resp is not None and storable(resp, gw.cache_rules) else None
+
+
+def _decode_wire(rt: Any, fmt_id: str, body: Any) -> dict[str, Any] | None:
+    fmt = rt.formats.get(fmt_id)
+    if fmt is None:
+        return None
+    try:
+        return fmt.decode_response(body)
+    except UpstreamError:
+        return None
+
+
 def _cache_put(gw: Gateway, call: Call, target: Target, response: dict[str, Any] | None) -> None:
     if call.cache_key is not None and response is not None and gw.cache is not None:
         stored = gw.cache.put(call.cache_key, {**response, "served_by": target.key}, target.key)
-        if stored and call.semantic is not None and gw.cache.semantic is not None:
-            gw.cache.semantic.add(call.semantic[0], call.semantic[1], call.cache_key, model=target.key)
+        if stored:
+            _semantic_add(gw, call, target)
+
+
+def _cache_put_wire(gw: Gateway, call: Call, target: Target, fmt: Any, raw: bytes, parsed: Any) -> bool:
+    """Store a fast-path answer as it came when its format has a probe; False when the caller
+    must decode it (no probe). Decoding waits for a hit, which most stored answers never get."""
+    probe = fmt.response_probe(parsed)
+    if probe is None or call.cache_key is None or gw.cache is None:
+        return False
+    if storable_probe(probe, gw.cache_rules):
+        gw.cache.put_bytes(call.cache_key, wire_entry(raw, fmt.id, target.key), target.key)
+        _semantic_add(gw, call, target)
+    return True
+
+
+def _semantic_add(gw: Gateway, call: Call, target: Target) -> None:
+    if call.semantic is not None and gw.cache.semantic is not None and call.cache_key is not None:
+        gw.cache.semantic.add(call.semantic[0], call.semantic[1], call.cache_key, model=target.key)
 
 
 async def _embed(gw: Gateway, call: Call, model: str, text: str) -> list[float] | None:
@@ -447,7 +488,7 @@ async def _send(
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"{conn.id} answered with invalid JSON", status=502, provider=conn.id) from None
-        if passthrough and call.cache_key is None:
+        if passthrough and (call.cache_key is None or _cache_put_wire(gw, call, target, up_fmt, raw, parsed)):
             out, usage = raw, up_fmt.response_usage(parsed)
         else:
             canonical = up_fmt.decode_response(parsed)

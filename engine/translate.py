@@ -53,6 +53,7 @@ class Format:
     req_encode: Node | None
     resp_decode: Node | None
     resp_usage: Node | None
+    resp_probe: Node | None
     resp_encode: Node | None
     err_encode: Node | None
     err_decode: Node | None
@@ -142,6 +143,16 @@ class Format:
             return self.decode_response(body)["usage"]
         except UpstreamError:
             return {}
+
+    def response_probe(self, body: Any) -> dict[str, Any] | None:
+        """What the response cache needs to know of a wire response (content, tool_calls,
+        error: see cache.storable_probe) without decoding it; None when the spec has no probe."""
+        if self.resp_probe is None or not isinstance(body, dict):
+            return None
+        try:
+            return self.resp_probe({"src": body}) or {}
+        except ExprError:
+            return None
 
     def encode_response(self, resp: dict[str, Any], meta: dict[str, Any]) -> Any:
         if self.resp_encode is None:
@@ -519,6 +530,7 @@ def compile_format(fid: str, raw: dict[str, Any], problem: Callable[[tuple[Any, 
         req_encode=node(("request", "encode"), req.get("encode")),
         resp_decode=node(("response", "decode"), resp.get("decode")),
         resp_usage=node(("response", "usage"), resp.get("usage")),
+        resp_probe=node(("response", "probe"), resp.get("probe")),
         resp_encode=node(("response", "encode"), resp.get("encode")),
         err_encode=node(("errors", "encode"), errors.get("encode")),
         err_decode=node(("errors", "decode"), errors.get("decode")),

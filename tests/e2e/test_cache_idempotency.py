@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -23,6 +24,21 @@ def upstream_calls(fake: FakeUpstream, marker: str) -> int:
     return sum(1 for r in fake.stats()["requests"] if marker in str(r.get("body")))
 
 
+def stored_bodies(gw: Gateway, marker: str) -> list[bytes]:
+    """The first bytes of each persisted entry whose answer mentions `marker` (the writer thread
+    commits within LINGER_S; poll a little longer)."""
+    deadline = time.monotonic() + 5
+    while True:
+        conn = sqlite3.connect(gw.workdir / "data" / "cache.sqlite3")
+        try:
+            rows = [bytes(b)[:21] for (b,) in conn.execute("SELECT body FROM entries") if marker.encode() in bytes(b)]
+        finally:
+            conn.close()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def gw(gateway_factory: Any) -> Gateway:
     return gateway_factory({"keys": KEYS, "cache": {"ttl_s": 2}})
@@ -36,7 +52,8 @@ def test_cross_format_hit_and_key_isolation(gw: Gateway, fake: FakeUpstream) -> 
     q = f"what is {uuid.uuid4().hex}?"
     first = oa(gw).chat.completions.with_raw_response.create(model="openai/gpt-4.1", max_tokens=4096, messages=[{"role": "user", "content": q}])
     assert first.headers["x-omniroute-cache"] == "MISS"
-    time.sleep(0.1)
+    # the same-format fast path stored the answer as it came, decoded only now, for the hit
+    assert stored_bodies(gw, q) == [b'{"wire":"openai-chat"']
     # the same question through the Anthropic route, same key: one cache entry
     an = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-alice-123456", max_retries=0)
     r = an.messages.with_raw_response.create(model="openai/gpt-4.1", max_tokens=4096, messages=[{"role": "user", "content": q}])

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.cache import (
     CacheRules,
@@ -21,9 +23,14 @@ from engine.cache import (
     cache_key,
     cacheable,
     events_from_response,
+    from_entry,
     last_user_text,
     semantic_scope,
+    storable,
+    storable_probe,
+    wire_entry,
 )
+from engine.cache_store import CATCH_UP_S
 from engine.compile import BUILTIN_SPECS
 from engine.source import load_file, schema, validate
 from engine.stream import parser_for
@@ -217,10 +224,45 @@ def test_restart_keeps_the_persistent_tier(make: Any) -> None:
 
 
 def test_memory_miss_reads_what_another_worker_wrote(make: Any) -> None:
+    """b learns of a's rows within CATCH_UP_S of a's commit (PRAGMA data_version), by rowid."""
     a, b = make(), make()
     a.put("shared", resp(), MODEL)
     a.flush()
-    assert b.get("shared") == resp()
+    deadline = time.monotonic() + CATCH_UP_S * 5
+    got = b.get("shared")
+    while got is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = b.get("shared")
+    assert got == resp()
+
+
+def test_a_miss_queries_the_file_only_for_keys_it_holds(make: Any) -> None:
+    cache = make(max_entries=0)  # no memory tier: every get goes to the persistent tier
+    cache.put("held", resp(), MODEL)
+    cache.flush()
+    queries: list[str] = []
+    assert cache._disk is not None
+    cache._disk._reader.set_trace_callback(queries.append)
+    for i in range(50):
+        assert cache.get(f"absent-{i}") is None
+    assert queries == []
+    assert cache.get("held") == resp() and len(queries) == 1
+
+
+def test_persistent_tier_keeps_at_most_its_bound(tmp_path: Path, clock: Clock) -> None:
+    cache = ResponseCache(tmp_path, CacheRules(persistent_max_entries=10, max_entries=0), clock, purge_every_s=0.02)
+    try:
+        for i in range(30):
+            clock.t += 1  # later puts expire later: the first 20 are closest to expiry
+            cache.put(f"k{i}", resp(f"answer {i}"), MODEL)
+        cache.flush()
+        deadline = time.monotonic() + 5
+        while _rows(tmp_path) > 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _rows(tmp_path) == 10
+        assert cache.get("k29") == resp("answer 29") and cache.get("k5") is None
+    finally:
+        cache.close()
 
 
 def test_concurrent_writers_share_one_file(make: Any) -> None:
@@ -433,3 +475,41 @@ def test_semantic_scope_fixes_everything_but_the_last_question() -> None:
     assert a != semantic_scope(req("capital of France?", system="Be verbose."), MODEL, "team-a")
     assert last_user_text(req("hello")) == "hello"
     assert last_user_text({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}) is None
+
+
+# ------------------------------------------------------------------ wire entries (fast path)
+
+_MAYBE_TEXT = st.one_of(st.none(), st.just(""), st.text(max_size=5))
+_TOOL_CALLS = st.one_of(st.none(), st.just([]), st.lists(st.fixed_dictionaries(
+    {"id": st.just("call_1"), "type": st.just("function"), "function": st.fixed_dictionaries({"name": st.just("f"), "arguments": st.just("{}")})}),
+    min_size=1, max_size=2))
+
+
+@settings(max_examples=150, deadline=None)
+@given(content=_MAYBE_TEXT, reasoning=_MAYBE_TEXT, tool_calls=_TOOL_CALLS, tools_ok=st.booleans(),
+       finish=st.sampled_from(["stop", "length", "tool_calls", "content_filter"]))
+def test_probe_agrees_with_the_decoded_answer(content: Any, reasoning: Any, tool_calls: Any, tools_ok: bool, finish: str) -> None:
+    """openai-chat's probe: storable_probe(wire) == storable(decode(wire)), so a fast-path answer
+    stored undecoded is exactly one the canonical check would have stored."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    wire = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4.1",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    rules = CacheRules(cache_tool_calls=tools_ok)
+    fmt = FORMATS["openai-chat"]
+    assert storable_probe(fmt.response_probe(wire), rules) == storable(fmt.decode_response(wire), rules)
+
+
+def test_wire_entry_round_trip() -> None:
+    fmt = FORMATS["openai-chat"]
+    raw = orjson.dumps({"id": "chatcmpl-9", "model": "gpt-4.1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                                                                        "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    entry = orjson.loads(wire_entry(raw, "openai-chat", "openai/gpt-4.1"))
+    got = from_entry(entry, lambda fid, body: FORMATS[fid].decode_response(body))
+    assert got == {**fmt.decode_response(orjson.loads(raw)), "served_by": "openai/gpt-4.1"}
+    assert from_entry(entry, lambda fid, body: None) is None  # its format is gone after a reload
+    assert from_entry(resp(), lambda fid, body: pytest.fail("a canonical entry is not decoded")) == resp()

@@ -13,7 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.cache import CacheRules, ResponseCache, cache_key, cacheable, events_from_response
+import orjson
+
+from engine.cache import (
+    CacheRules,
+    ResponseCache,
+    cache_key,
+    cacheable,
+    events_from_response,
+    storable_probe,
+    wire_entry,
+)
 from engine.compile import BUILTIN_SPECS
 from engine.idempotency import IdempotencyRegistry, Ticket
 from engine.source import load_file
@@ -62,6 +72,15 @@ def wire_request() -> dict[str, Any]:
     }
 
 
+def wire_answer() -> dict[str, Any]:
+    """answer() as an OpenAI chat completion."""
+    a = answer()
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4.1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": a["content"][0]["text"], "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 96, "completion_tokens": 80, "total_tokens": 176}}
+
+
 def answer() -> dict[str, Any]:
     text = "The Paris metropolitan area has roughly 13 million inhabitants (INSEE, 2021). " * 4
     return {"id": "chatcmpl-1", "model": "gpt-4.1", "content": [{"type": "text", "text": text}], "stop_reason": "stop",
@@ -100,7 +119,8 @@ def run() -> list[tuple[str, str, str]]:
             cache.put(f"p{next(count)}", resp, MODEL)
 
         put_us = cpu_us(put, 5000)
-        put_all_us = cpu_us(put, 5000, time.process_time)
+
+        writer_us = _writer_cpu_per_put(cache, put)
 
         def hit_plain() -> Any:
             return fmt.encode_response(cache.get(cache_key(req, MODEL, "team-a")) or {}, meta)
@@ -118,11 +138,16 @@ def run() -> list[tuple[str, str, str]]:
         body = wire_request()
         decode_us = cpu_us(lambda: fmt.decode_request(body, {}, validated=True), 2000)
 
-        def fast_path_miss() -> None:  # same format both ends: the key needs the canonical decode
+        wire = orjson.dumps(wire_answer())
+        parsed = orjson.loads(wire)
+
+        def fast_path_miss() -> None:
+            """Same format both ends: the key needs the canonical decode; the answer is stored as it
+            came (probe + wire entry) where the uncached path reads its usage only."""
             decoded = fmt.decode_request(body, {}, validated=True)
             k = cache_key(decoded, MODEL, "team-c")
-            if cacheable(decoded, rules) and cache.get(k) is None:
-                cache.put(f"f{next(count)}", resp, MODEL)
+            if cacheable(decoded, rules) and cache.get(k) is None and storable_probe(fmt.response_probe(parsed), rules):
+                cache.put_bytes(f"f{next(count)}", wire_entry(wire, fmt.id, MODEL), MODEL)
 
         fast_miss_us = cpu_us(fast_path_miss, 2000)
         plain_us = cpu_us(hit_plain, 5000)
@@ -137,14 +162,30 @@ def run() -> list[tuple[str, str, str]]:
         ("get, memory miss answered by SQLite (µs CPU)", f"{disk_us:.1f}", "-"),
         ("get, miss in both tiers (µs CPU)", f"{miss_us:.1f}", "-"),
         ("put, event-loop thread (µs CPU)", f"{put_us:.1f}", "O(1)"),
-        ("put, including the writer thread's insert (µs CPU)", f"{put_all_us:.1f}", "-"),
+        ("put, the writer thread's share: batched SQLite insert (µs CPU per answer)", f"{writer_us:.1f}", "-"),
         ("hit answered: key + get + openai-chat JSON (µs CPU)", f"{plain_us:.1f}", "<= 300"),
         ("hit answered as a stream: key + get + replay encode (µs CPU)", f"{stream_us:.1f}", "<= 300"),
         ("miss overhead: key + rule + get + put (µs CPU)", f"{miss_total_us:.1f}", "<= 30"),
         ("idempotency begin + complete, new key (µs CPU)", f"{idem_us:.1f}", "-"),
         ("canonical decode of that request, openai-chat (µs CPU)", f"{decode_us:.1f}", "-"),
-        ("miss overhead on the same-format fast path: decode + key + rule + get + put (µs CPU)", f"{fast_miss_us:.1f}", "<= 30"),
+        ("miss overhead on the same-format fast path: decode + key + rule + get + probe + put (µs CPU)", f"{fast_miss_us:.1f}", "<= 30"),
     ]
+
+
+def _writer_cpu_per_put(cache: ResponseCache, put: Callable[[], None]) -> float:
+    """The writer thread's own CPU clock over batches of 50 puts (what 50 ms brings at 1,000 misses
+    a second), per put: the part of a miss that `thread_time` on the loop does not see."""
+    disk = cache._disk
+    if disk is None or disk._thread.ident is None:
+        return 0.0
+    clock = time.pthread_getcpuclockid(disk._thread.ident)
+    cache.flush()
+    t = time.clock_gettime(clock)
+    for _ in range(20):
+        for _ in range(50):
+            put()
+        cache.flush()
+    return (time.clock_gettime(clock) - t) / 1000 * 1e6
 
 
 def _idempotency_us() -> float:
