@@ -15,8 +15,10 @@ Multi-process scheme (DuckDB admits one writing process per file):
 - Readers (engine.sqlcli) ATTACH every `wN.duckdb` READ_ONLY for the length of one query. While a
   reader holds a file the writer cannot attach it: its batches wait as files on disk and go in at
   the next tick, so nobody sees a lock error and memory does not grow.
-- `kill -9` loses at most the in-memory buffer (one `flush_interval`); DuckDB's WAL rolls back a
-  half-done transaction. `close()` flushes everything.
+- Under load (BUSY_RECORDS waiting at a tick) the flusher lets records gather for BUSY_TICKS
+  intervals: a flush has a fixed cost of ~20 ms, and records reach SQL 1.5 s late instead of 0.5 s.
+- `kill -9` loses at most the in-memory buffer (one `flush_interval`, BUSY_TICKS under load);
+  DuckDB's WAL rolls back a half-done transaction. `close()` flushes everything.
 
 Public surface: USAGE_COLUMNS, AUDIT_COLUMNS, UsageStore, redact, ensure_schema, insert_sql.
 """
@@ -85,6 +87,8 @@ _SECRET_IN_TEXT = re.compile(
     r"|([?&](?:key|api_key|apikey|token|access_token)=)[^&#\s\"']+"
 )
 _CHUNK = 200  # records serialised between two GIL yields
+BUSY_RECORDS = 256  # a buffer this full at a tick waits for more, up to BUSY_TICKS ticks (UsageStore._run)
+BUSY_TICKS = 3
 _MAX_PAYLOAD = 1 << 20  # a payload larger than this is replaced by a marker: records stay small
 _FLOCKS: dict[str, threading.Lock] = {}
 _FLOCKS_GUARD = threading.Lock()
@@ -130,6 +134,14 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, db: str) -> None:
         for c, t in columns.items():
             if (table, c) not in have:
                 con.execute(f'ALTER TABLE {db}.{table} ADD COLUMN "{c}" {t}')
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def insert_sql(db: str, table: str) -> str:
@@ -268,6 +280,8 @@ class UsageStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._last_seq = 0
         self._mine: set[str] = set()  # pending files this process wrote and has not ingested yet
+        self._schema_for: tuple[int, int] | None = None  # (device, inode) of the file whose schema and watermark we know
+        self._mark = 0
         self._closed = False
         self.recorded = 0
         self.written = 0
@@ -309,7 +323,14 @@ class UsageStore:
             self._thread.start()
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(self.flush_interval):
+            # Each flush has a fixed cost (~20 ms: ATTACH, INSERT setup, COMMIT, DETACH's
+            # checkpoint), ~40 µs per request at 1,000 requests/s if paid twice a second. Under
+            # load, records wait a few ticks and go in as one bigger batch.
+            if len(self._buf) >= BUSY_RECORDS and time.monotonic() - last < BUSY_TICKS * self.flush_interval * 0.99:
+                continue
+            last = time.monotonic()
             try:
                 self.flush()
             except Exception as e:  # the writer must outlive a bad batch or a full disk
@@ -399,14 +420,23 @@ class UsageStore:
                     return len(files)
                 raise
             try:
-                ensure_schema(con, "wdb")
-                row = con.execute("SELECT max(seq) FROM wdb._writer").fetchone()
-                mark = (row[0] if row else None) or 0
+                ident = _file_id(db)
+                if ident != self._schema_for:  # once per file: the slot's owner is its only writer
+                    ensure_schema(con, "wdb")
+                    row = con.execute("SELECT max(seq) FROM wdb._writer").fetchone()
+                    self._mark = (row[0] if row else None) or 0
+                    self._schema_for = ident
+                mark = self._mark
                 # A file a dead owner left at or below the watermark was ingested before that
                 # owner could delete it; files this process wrote are new whatever their SEQ.
                 todo = [f for f in files if f.name in self._mine or _seq(f) > mark]
                 if todo:
-                    self._insert(con, todo, max(mark, _seq(todo[-1])))
+                    self._mark = max(mark, _seq(todo[-1]))
+                    try:
+                        self._insert(con, todo, self._mark)
+                    except BaseException:
+                        self._schema_for = None  # read the watermark and schema again next time
+                        raise
                 self._last_seq = max(self._last_seq, mark)
             finally:
                 con.execute("DETACH wdb")

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from engine.sqlcli import open_reader, run_query
-from engine.usage import AUDIT_COLUMNS, USAGE_COLUMNS, UsageStore, redact
+from engine.usage import AUDIT_COLUMNS, BUSY_RECORDS, USAGE_COLUMNS, UsageStore, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 15, 12, 0, tzinfo=UTC).timestamp()
@@ -180,6 +180,23 @@ def test_the_flusher_thread_writes_on_its_own(tmp_path):
     assert orjson.loads(detail) == {"fingerprint": "abc", "api_key": "***"}
     store.close()
     assert list(AUDIT_COLUMNS) == ["ts", "actor", "action", "target", "detail"]
+
+
+def test_under_load_the_flusher_gathers_a_few_ticks(tmp_path):
+    """BUSY_RECORDS waiting at a tick: no flush before BUSY_TICKS intervals, then all of them."""
+    store = UsageStore(tmp_path, flush_interval=0.1)
+    store.start()
+    n = BUSY_RECORDS + 50
+    for i in range(n):
+        store.record({**base(), "request_id": f"r{i}"})
+    time.sleep(0.15)  # a tick went by: a quiet store would have flushed at it
+    assert store.written == 0
+    deadline = time.time() + 5
+    while time.time() < deadline and store.written < n:
+        time.sleep(0.02)
+    assert store.written == n
+    store.close()
+    assert rows(tmp_path, "SELECT count(DISTINCT request_id) FROM usage") == [(n,)]
 
 
 def test_a_leftover_already_ingested_is_not_duplicated(tmp_path):
