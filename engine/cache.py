@@ -95,17 +95,23 @@ class CacheRules:
         return rules
 
 
+def deterministic(params: Mapping[str, Any], rules: CacheRules) -> bool:
+    """The parameter half of `cacheable`: temperature absent or at most `max_temperature`, one
+    choice. `params` may be a format's peek (read before any decode) or the canonical request."""
+    if not rules.enabled:
+        return False
+    t = params.get("temperature")
+    if isinstance(t, int | float) and t > rules.max_temperature:
+        return False
+    n = params.get("n")
+    return not (isinstance(n, int) and n > 1)
+
+
 def cacheable(req: Mapping[str, Any], rules: CacheRules) -> bool:
     """Whether this request's answer may be looked up and stored. Only answers that are deterministic
     enough: temperature absent or at most `max_temperature`; one choice (n > 1 asks for variety);
     no remote content (an image URL can change behind an unchanged key; inline images are fine)."""
-    if not rules.enabled:
-        return False
-    t = req.get("temperature")
-    if t is not None and t > rules.max_temperature:
-        return False
-    n = req.get("n")
-    if n is not None and n > 1:
+    if not deterministic(req, rules):
         return False
     messages = req.get("messages")
     if not messages:
@@ -347,5 +353,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ANSWER_FIELDS", "CacheRules", "ResponseAssembler", "ResponseCache", "SemanticIndex", "cache_key", "cacheable",
-    "events_from_response", "from_entry", "last_user_text", "semantic_scope", "storable", "storable_probe", "wire_entry",
+    "deterministic", "events_from_response", "from_entry", "last_user_text", "semantic_scope", "storable", "storable_probe", "wire_entry",
 ]

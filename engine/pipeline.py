@@ -24,6 +24,7 @@ from .cache import (
     ResponseAssembler,
     cache_key,
     cacheable,
+    deterministic,
     events_from_response,
     from_entry,
     last_user_text,
@@ -85,6 +86,7 @@ class Call:
     cache_key: str | None = None  # set on a cache miss: a good answer is stored under it
     semantic: tuple[str, list[float]] | None = None  # (scope, vector) to index the stored answer by
     reached_upstream: bool = False
+    head: dict[str, Any] = field(default_factory=dict)  # the format's peek: model, stream, temperature...
 
     def canonical(self) -> dict[str, Any]:
         """The canonical request, decoded on first use (the fast path never needs it)."""
@@ -120,7 +122,9 @@ class Call:
 
 async def run_chat(gw: Gateway, call: Call) -> Response:
     t = time.perf_counter()
-    head = call.fmt.peek(call.body, call.meta)
+    head = call.head = call.fmt.peek(call.body, call.meta)
+    if call.fmt.req_peek is None:  # no peek in the spec: peek was the whole decode, keep it
+        call.req = head
     t = call.mark("parse", t)
     stream = bool(head.get("stream"))
     meta = call.meta
@@ -187,6 +191,8 @@ async def _cache_lookup(gw: Gateway, call: Call, res: Any, targets: list[Target]
     rules = gw.cache_rules
     if gw.cache is None or not rules.enabled or call.headers_in.get("x-omniroute-no-cache", "").lower() == "true":
         return None
+    if call.req is None and not deterministic(call.head, rules):
+        return None  # the fast path's answer to a hot request: no decode just to learn that
     req = call.canonical()
     if not cacheable(req, rules):
         return None

@@ -82,6 +82,9 @@ class _Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
+_COUNT = itertools.count()
+
+
 def _requests(url: str, body: bytes, headers: dict[str, str]) -> Callable[[], bytes]:
     """Request bytes, each time with `{n}` in the body replaced by a counter: unique bodies, so a
     response cache (on by default) cannot answer the benchmark from memory."""
@@ -89,7 +92,7 @@ def _requests(url: str, body: bytes, headers: dict[str, str]) -> Callable[[], by
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     prefix = f"POST {u.path or '/'} HTTP/1.1\r\nhost: {u.hostname}:{u.port}\r\n{head}".encode()
     pieces = body.split(b"{n}")
-    count = itertools.count()
+    count = _COUNT  # one counter for the whole process: a run never repeats an earlier run's body
 
     def make() -> bytes:
         b = str(next(count)).encode().join(pieces)
