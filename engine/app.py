@@ -1,4 +1,4 @@
-"""The ASGI app: client routes per wire format, model lists, health, and the management API.
+"""The app (RSGI and ASGI): client routes per wire format, model lists, health, and the management API.
 
 Every error leaves in the wire format of the route the client called: each chat route is bound to
 its format spec, and `encode_error` of that spec shapes the body.
@@ -6,6 +6,7 @@ its format spec, and `encode_error` of that spec shapes the body.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -28,17 +29,57 @@ def _no_meta(req: Request) -> dict[str, Any]:
 
 
 class App:
-    """ASGI 3 entry point. `gateway` holds the current runtime and long-lived state."""
+    """The gateway as an RSGI application (granian's native interface; `__rsgi__`), also an ASGI 3
+    one (`__call__`). `gateway` holds the current runtime and long-lived state."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.router = Router()
+        self.started = False
         self._routes()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        """Open the stores and start watching the config (once; the server calls it, or whoever
+        embeds the server calls it before serving)."""
+        if self.started:
+            return
+        await self.gw.start()
+        from .reload import Reloader
+
+        if self.gw.runtime.settings.get("reload", True) and os.environ.get("OMNIROUTE_NO_RELOAD") != "1":
+            self.gw.reloader = Reloader(self.gw)
+            self.gw.reloader.start()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        if self.started:
+            self.started = False
+            await self.gw.close()
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A worker process calls this before its loop runs; the embedded server's caller has
+        # already run startup() on the running loop.
+        if not self.started and not loop.is_running():
+            loop.run_until_complete(self.startup())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.started and not loop.is_running():
+            loop.run_until_complete(self.shutdown())
+
+    # ------------------------------------------------------------ entry points
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto == "http":
+            resp = await self.handle(Request.from_rsgi(scope, proto))
+            await resp.rsgi(proto)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            resp = await self.handle(Request(scope, receive))
+            await resp(send, receive)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -47,42 +88,33 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.gw.start()
-                    from .reload import Reloader
-
-                    if self.gw.runtime.settings.get("reload", True) and os.environ.get("OMNIROUTE_NO_RELOAD") != "1":
-                        self.gw.reloader = Reloader(self.gw)
-                        self.gw.reloader.start()
+                    await self.startup()
                 except Exception as e:
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.gw.close()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        req = Request(scope, receive)
+    async def handle(self, req: Request) -> Response:
         handler, params, known = self.router.match(req.method, req.path)
         if handler is None:
             status = 405 if known else 404
             msg = f"method {req.method} not allowed on {req.path}" if known else f"no route {req.method} {req.path}"
-            await JSONResponse({"error": {"message": msg, "type": "invalid_request_error"}}, status)(send)
-            return
+            return JSONResponse({"error": {"message": msg, "type": "invalid_request_error"}}, status)
         req.params = params
         flt = self.gw.policy_store.ip_filter()
         if flt is not None and not flt.allows(req.client):
-            await JSONResponse({"error": {"message": f"address {req.client} is not allowed by the IP filter", "type": "permission_error"}}, 403)(send)
-            return
+            return JSONResponse({"error": {"message": f"address {req.client} is not allowed by the IP filter", "type": "permission_error"}}, 403)
         try:
-            resp = await handler(req)
+            return await handler(req)
         except GatewayError as e:
-            resp = json_error(e)
+            return json_error(e)
         except Exception:
             self.gw.log.exception("unhandled error", extra={"path": req.path})
-            resp = JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, 500)
-        await resp(send, receive)
+            return JSONResponse({"error": {"message": "internal error", "type": "server_error"}}, 500)
 
     # ------------------------------------------------------------ routes
 
@@ -100,7 +132,7 @@ class App:
         r.route("GET", "/v1beta/models")(self.gemini_models)
         r.route("GET", "/api/tags", "/v1/api/tags")(self.ollama_tags)
         r.route("GET", "/api/monitoring/health", "/health")(self.health)
-        r.route("POST", "/api/shutdown")(self.admin(self.shutdown))
+        r.route("POST", "/api/shutdown")(self.admin(self.api_shutdown))
         from .admin import register_all
 
         register_all(r, self.gw, self.admin)
@@ -184,7 +216,7 @@ class App:
         return gemini
 
     async def models(self, req: Request) -> Response:
-        if "x-goog-api-key" in req.headers or (req.scope.get("query_string") and "key" in req.query):
+        if "x-goog-api-key" in req.headers or (req.query_string and "key" in req.query):
             return await self.gemini_models(req)  # google-genai lists models under /v1 too
         rt = self.gw.runtime
         self.gw.authenticate(req, rt)
@@ -230,7 +262,7 @@ class App:
         ]
         return JSONResponse({"models": models})
 
-    async def shutdown(self, req: Request) -> Response:
+    async def api_shutdown(self, req: Request) -> Response:
         """Graceful: granian stops accepting, drains in-flight requests, then the lifespan shutdown
         flushes usage records. The signal goes to the serving process (granian's supervisor when
         there are several workers), which stops every worker."""

@@ -141,7 +141,7 @@ def _serve(config: str, host: str | None, port: int | None, workers: int | None,
         "engine.app:_from_env",
         address=host,
         port=port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
         workers=workers,
         factory=True,
         websockets=False,
@@ -154,7 +154,7 @@ def _serve(config: str, host: str | None, port: int | None, workers: int | None,
 def _serve_embedded(rt: Any, host: str, port: int) -> int:
     """One worker: granian embedded in this process, serving the runtime already compiled. A
     supervisor process would hold about 30 MB to watch a single worker, which the reloader and
-    the lifespan already make self-sufficient."""
+    App.startup/shutdown already make self-sufficient."""
     import asyncio
     import logging
     import signal
@@ -170,12 +170,17 @@ def _serve_embedded(rt: Any, host: str, port: int) -> int:
             return "experimental" not in record.getMessage()
 
     async def main() -> None:
-        server = Server(App(Gateway(rt)), address=host, port=port, interface=Interfaces.ASGI, websockets=False, log_enabled=True, log_access=False)
-        logging.getLogger("_granian").addFilter(_Quiet())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.stop)
-        await server.serve()
+        app = App(Gateway(rt))
+        await app.startup()  # before serving: no request meets closed stores
+        try:
+            server = Server(app, address=host, port=port, interface=Interfaces.RSGI, websockets=False, log_enabled=True, log_access=False)
+            logging.getLogger("_granian").addFilter(_Quiet())
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.stop)
+            await server.serve()
+        finally:
+            await app.shutdown()
 
     try:
         import uvloop

@@ -199,5 +199,5 @@ def client_key(req: Request) -> str | None:
         v = h.get(name)
         if v:
             return v.strip()
-    q = req.query.get("key") if req.scope.get("query_string") else None
+    q = req.query.get("key") if req.query_string else None
     return q or None

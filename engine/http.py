@@ -1,9 +1,11 @@
-"""Minimal ASGI request/response primitives and the router.
+"""Minimal HTTP request/response primitives (granian's RSGI, and ASGI) and the router.
 
 Why not Starlette: the gateway's CPU budget per request is a fraction of a millisecond, and a
 framework's middleware stack and request object cost a measurable share of it. This module is the
-whole web layer: a `Request` that reads the ASGI scope lazily, three response kinds, and a router
+whole web layer: a `Request` that reads the scope lazily, three response kinds, and a router
 that matches static paths with one dict lookup and templated paths with precompiled regexes.
+The server speaks RSGI, granian's native interface: ~70 µs less CPU per request than its ASGI
+(measured on a thin proxy, interleaved A/B), which builds and parses a message dict per event.
 
 Public surface: Request, Response, JSONResponse, StreamingResponse, Router, Handler.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,57 +27,84 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Request:
-    """One HTTP request. Headers are lower-cased; the body is read once and kept."""
+    """One HTTP request. Headers are lower-cased; the body is read once and kept.
 
-    __slots__ = ("_body", "_headers", "_query", "client", "method", "params", "path", "receive", "scope")
+    Built from granian's RSGI scope and protocol (`from_rsgi`, what the server speaks: no message
+    dicts per request) or from an ASGI scope and `receive` (the constructor: any ASGI server, and
+    the in-process tests)."""
+
+    __slots__ = ("_body", "_chunks", "_headers", "_query", "_raw_headers", "client", "method", "params", "path",
+                 "query_string", "receive", "whole")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.scope = scope
-        self.receive = receive
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.params: dict[str, str] = {}
         client = scope.get("client")
         self.client: str = client[0] if client else ""
+        self.query_string: str = scope.get("query_string", b"").decode("latin-1")
+        self._raw_headers: Any = scope["headers"]
+        self.receive: Receive | None = receive
+        self.whole: Callable[[], Awaitable[bytes]] | None = None  # RSGI: the body in one call
+        self._chunks: AsyncIterator[bytes] | None = None
         self._headers: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
         self._body: bytes | None = None
 
+    @classmethod
+    def from_rsgi(cls, scope: Any, proto: Any) -> Request:
+        req = cls.__new__(cls)
+        req.method, req.path, req.params = scope.method, scope.path, {}
+        host, _, _ = scope.client.rpartition(":")  # "1.2.3.4:5678", "[::1]:5678"
+        req.client = host.strip("[]")
+        req.query_string = scope.query_string
+        req._headers = dict(scope.headers.items())
+        req.receive, req.whole = None, proto
+        req._chunks = proto
+        req._raw_headers = req._query = req._body = None
+        return req
+
     @property
     def headers(self) -> dict[str, str]:
         if self._headers is None:
-            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]}
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
         return self._headers
 
     @property
     def query(self) -> dict[str, str]:
         if self._query is None:
-            self._query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+            self._query = dict(parse_qsl(self.query_string))
         return self._query
 
     async def body(self, limit: int | None = None) -> bytes:
         """The whole body. With `limit`, raise BodyTooLarge once more than `limit` bytes arrive."""
         if self._body is None:
+            declared = self.headers.get("content-length", "")
+            if self.whole is not None and declared.isdigit() and (limit is None or int(declared) <= limit):
+                self._body = await self.whole()  # one call when the size is known and allowed
+                return self._body
             chunks: list[bytes] = []
             size = 0
-            more = True
-            while more:
-                message = await self.receive()
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        raise BodyTooLarge(limit)
-                    chunks.append(chunk)
-                more = message.get("more_body", False)
+            async for chunk in self.stream():
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
             self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self._body
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The body chunk by chunk, for uploads that should not be held in memory twice."""
-        more = True
+        if self._chunks is not None:
+            async for chunk in self._chunks:
+                if chunk:
+                    yield chunk
+            return
+        more = self.receive is not None
         while more:
-            message = await self.receive()
+            message = await self.receive()  # type: ignore[misc]
+            if message["type"] == "http.disconnect":
+                return
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
@@ -88,14 +117,20 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-def _raw_headers(headers: dict[str, str] | None, content_type: str | None) -> list[tuple[bytes, bytes]]:
-    raw = [(b"content-type", content_type.encode())] if content_type else []
+def _str_headers(headers: dict[str, str] | None, content_type: str | None) -> list[tuple[str, str]]:
+    out = [("content-type", content_type)] if content_type else []
     if headers:
-        raw.extend((k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items())
-    return raw
+        out.extend((k.lower(), str(v)) for k, v in headers.items())
+    return out
+
+
+def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 class Response:
+    """A whole answer. `rsgi(proto)` sends it on granian's RSGI protocol, `__call__(send)` on ASGI."""
+
     media_type: str | None = "text/plain; charset=utf-8"
 
     def __init__(
@@ -111,8 +146,11 @@ class Response:
         if media_type is not None:
             self.media_type = media_type
 
+    async def rsgi(self, proto: Any) -> None:
+        proto.response_bytes(self.status, _str_headers(self.headers, self.media_type), self.body)
+
     async def __call__(self, send: Send, receive: Receive | None = None) -> None:
-        raw = _raw_headers(self.headers, self.media_type)
+        raw = _raw_headers(_str_headers(self.headers, self.media_type))
         raw.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": self.body})
@@ -138,41 +176,60 @@ class StreamingResponse(Response):
         super().__init__(b"", status, headers, media_type)
         self.chunks = chunks
 
-    async def __call__(self, send: Send, receive: Receive | None = None) -> None:
-        raw = _raw_headers(self.headers, self.media_type)
+    def _headers(self) -> list[tuple[str, str]]:
+        out = _str_headers(self.headers, self.media_type)
         if self.media_type == "text/event-stream":
-            raw.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": self.status, "headers": raw})
-        # A client that goes away must stop the upstream read at once (and be recorded as such):
-        # the server does not raise on a closed connection, so one task pumps the chunks while
-        # another waits for http.disconnect; whichever ends first ends the other. (A task per
-        # chunk raced against the disconnect cost more than relaying the chunk.)
-        pump = asyncio.ensure_future(self._pump(send))
-        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+            out.append(("cache-control", "no-cache"))
+        return out
+
+    async def rsgi(self, proto: Any) -> None:
+        transport = proto.response_stream(self.status, self._headers())
+
+        async def pump() -> None:
+            async for chunk in self.chunks:
+                if chunk:
+                    await transport.send_bytes(chunk)
+
+        await self._relay(pump(), proto.client_disconnect())
+
+    async def __call__(self, send: Send, receive: Receive | None = None) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": _raw_headers(self._headers())})
+
+        async def pump() -> None:
+            async for chunk in self.chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        await self._relay(pump(), _disconnected(receive) if receive is not None else None)
+
+    async def _relay(self, pump: Coroutine[Any, Any, None], gone: Awaitable[Any] | None) -> None:
+        """Run `pump` until it ends or the client goes (`gone` resolves), whichever comes first.
+
+        A client that goes away must stop the upstream read at once (and be recorded as such): the
+        server does not raise on a closed connection, so one task pumps the chunks while another
+        waits for the disconnect. (A task per chunk raced against the disconnect cost more than
+        relaying the chunk.)"""
+        task = asyncio.ensure_future(pump)
+        watcher = asyncio.ensure_future(gone) if gone is not None else None
         try:
-            if gone is not None:
-                await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not pump.done():
-                    pump.cancel()
+            if watcher is not None:
+                await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await pump
+                        await task
                     return
-            await pump
+            await task
         finally:
-            if gone is not None:
-                gone.cancel()
-            if not pump.done():  # we were cancelled ourselves
-                pump.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            if not task.done():  # we were cancelled ourselves
+                task.cancel()
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):  # already finished by the cancellation
                     await aclose()
-
-    async def _pump(self, send: Send) -> None:
-        async for chunk in self.chunks:
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
 
 
 async def _disconnected(receive: Receive) -> None:

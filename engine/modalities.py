@@ -157,19 +157,17 @@ class _Body:
     """The request body as chunks, knowing when it ended (a refused upload is drained, not cut)."""
 
     def __init__(self, req: Request) -> None:
-        self.req, self.ended, self.size = req, False, 0
+        self._it, self.ended, self.size = req.stream().__aiter__(), False, 0
 
     async def chunks(self) -> Any:
         while not self.ended:
-            message = await self.req.receive()
-            if message["type"] == "http.disconnect":
+            try:
+                chunk = await self._it.__anext__()
+            except StopAsyncIteration:
                 self.ended = True
                 return
-            chunk = message.get("body", b"")
             self.size += len(chunk)
-            self.ended = not message.get("more_body", False)
-            if chunk:
-                yield chunk
+            yield chunk
 
     async def drain(self) -> None:
         start = self.size

@@ -38,7 +38,7 @@ def register(router: Any, gw: Any) -> None:
     async def delete_cache(req: Request) -> Response:
         cache = getattr(gw, "cache", None)
         # parse_qsl drops `model=`; an empty model must not quietly become "clear everything"
-        raw = parse_qs(req.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("model")
+        raw = parse_qs(req.query_string, keep_blank_values=True).get("model")
         model = raw[-1] if raw else None
         if model is not None and not model.strip():
             return _error("query parameter 'model' must not be empty: leave it out to clear every model")
