@@ -79,8 +79,6 @@ def proxy_section(seconds: float) -> None:
                 uncached,
                 ("conns", "rps", "gateway CPU ms/req, uncached", "with cache miss", "miss adds µs", "errors"),
             )
-            table("What a cache miss adds, interleaved A/B at 16 connections (8 rounds each)", [_interleaved(gw_url, body, gw_pid, seconds)],
-                  ("uncached CPU ms/req", "cache miss CPU ms/req", "miss adds µs"))
             sbody = orjson.dumps({"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]] {n}"}], "stream": True})
             sdirect = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "[[words:8]] {n}"}], "stream": True})
             settle(gw_pid)  # the load above leaves usage and cache batches to write: not stream latency
@@ -88,22 +86,6 @@ def proxy_section(seconds: float) -> None:
             gt = load.ttfb(gw_url, sbody, 200)
             table("Stream time to first byte (median of 200, sequential)", [(f"{dt:.3f}", f"{gt:.3f}", f"{gt - dt:+.3f}")], ("direct ms", "gateway ms", "added ms"))
             table("Gateway memory", [(f"{idle_rss / 2**20:.1f}",)], ("idle RSS MiB (every gateway process)",))
-
-
-def _interleaved(url: str, body: bytes, pid: int, seconds: float) -> tuple[str, str, str]:
-    """Short uncached and cached runs in turn, so both see the same moments of a noisy machine."""
-    cpu = {True: 0.0, False: 0.0}
-    reqs = {True: 0, False: 0}
-    for i in range(16):
-        cached = bool(i % 2)
-        settle(pid)
-        c0 = cpu_seconds(pid)
-        r = load.run(url, body, 16, max(seconds / 4, 0.5), None if cached else {"x-omniroute-no-cache": "true"})
-        settle(pid)
-        cpu[cached] += cpu_seconds(pid) - c0
-        reqs[cached] += r.requests
-    per = {k: cpu[k] / max(reqs[k], 1) * 1000 for k in cpu}
-    return f"{per[False]:.3f}", f"{per[True]:.3f}", f"{(per[True] - per[False]) * 1000:+.0f}"
 
 
 def settle(pid: int, timeout: float = 15.0) -> None:
@@ -155,13 +137,17 @@ def thin_section(seconds: float) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(prog="tools.bench")
     p.add_argument("--seconds", type=float, default=3.0, help="duration of each load step")
-    p.add_argument("--only", choices=["thin", "proxy", "translate", "routing", "policy", "cache", "usage"], help="run one section")
+    p.add_argument("--only", choices=["thin", "proxy", "translate", "routing", "policy", "cache", "pipeline", "usage"], help="run one section")
     args = p.parse_args()
     print(f"omniroute benchmark (python {sys.version.split()[0]})")
     if args.only in (None, "thin"):
         thin_section(args.seconds)
     if args.only in (None, "proxy"):
         proxy_section(args.seconds)
+    if args.only == "pipeline":
+        from tools.bench import pipeline_bench
+
+        pipeline_bench.main()
     if args.only in (None, "translate"):
         from tools.bench import translate_bench
 
@@ -175,6 +161,10 @@ def main() -> int:
         except ImportError:
             continue
         table(title, [tuple(r) for r in module.run()], ("figure", "measured", "target"))
+        if name == "cache":
+            from tools.bench import pipeline_bench
+
+            pipeline_bench.main()
     return 0
 
 
