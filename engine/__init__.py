@@ -3,7 +3,7 @@
 Public surface:
     build(config_file) -> Runtime        load + compile specs and config (raises SpecError)
     check(config_file) -> Runtime        the same, as `omniroute check` runs it
-    create_app(config_file) -> App       the ASGI app serving that config
+    create_app(config_file) -> App       the app serving that config (RSGI for granian, also ASGI)
     SpecError, GatewayError              the errors a caller handles
 """
 
