@@ -69,6 +69,20 @@ def test_cross_format_hit_and_key_isolation(gw: Gateway, fake: FakeUpstream) -> 
     assert other.headers["x-omniroute-cache"] == "MISS" and upstream_calls(fake, q) == 2
 
 
+def test_anthropic_fast_path_answer_serves_an_openai_client(gw: Gateway, fake: FakeUpstream) -> None:
+    """Anthropic client to an Anthropic upstream: stored as the upstream sent it, then decoded for a
+    hit through the OpenAI route."""
+    q = f"capital {uuid.uuid4().hex}?"
+    an = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-alice-123456", max_retries=0)
+    first = an.messages.with_raw_response.create(model="anthropic/claude-sonnet-4-5", max_tokens=512, messages=[{"role": "user", "content": q}])
+    assert first.headers["x-omniroute-cache"] == "MISS"
+    assert stored_bodies(gw, q) == [b'{"wire":"anthropic-me']
+    r = oa(gw).chat.completions.with_raw_response.create(model="anthropic/claude-sonnet-4-5", max_tokens=512, messages=[{"role": "user", "content": q}])
+    assert r.headers["x-omniroute-cache"] == "HIT"
+    assert r.parse().choices[0].message.content == first.parse().content[0].text
+    assert upstream_calls(fake, q) == 1
+
+
 def test_stream_hit_replays_a_stream(gw: Gateway, fake: FakeUpstream) -> None:
     q = f"[[words:5]] {uuid.uuid4().hex}"
     a = "".join(c.choices[0].delta.content or "" for c in oa(gw).chat.completions.create(

@@ -31,6 +31,7 @@ from engine.cache import (
     wire_entry,
 )
 from engine.cache_store import CATCH_UP_S
+from engine.canonical import clean_usage
 from engine.compile import BUILTIN_SPECS
 from engine.source import load_file, schema, validate
 from engine.stream import parser_for
@@ -513,3 +514,25 @@ def test_wire_entry_round_trip() -> None:
     assert got == {**fmt.decode_response(orjson.loads(raw)), "served_by": "openai/gpt-4.1"}
     assert from_entry(entry, lambda fid, body: None) is None  # its format is gone after a reload
     assert from_entry(resp(), lambda fid, body: pytest.fail("a canonical entry is not decoded")) == resp()
+
+
+_BLOCK = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.sampled_from(["", "Paris."])}),
+    st.fixed_dictionaries({"type": st.just("thinking"), "thinking": st.sampled_from(["", "hmm"]), "signature": st.just("sig")}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": st.just("toolu_1"), "name": st.just("f"), "input": st.just({})}),
+    st.fixed_dictionaries({"type": st.sampled_from(["image", "document"]),
+                           "source": st.fixed_dictionaries({"type": st.sampled_from(["base64", "url", "text", "file", "other"])})}),
+    st.fixed_dictionaries({"type": st.sampled_from(["redacted_thinking", "server_tool_use"])}),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks=st.lists(_BLOCK, max_size=3), tools_ok=st.booleans(),
+       stop=st.sampled_from(["end_turn", "max_tokens", "tool_use", "refusal", "pause_turn"]))
+def test_anthropic_probe_agrees_with_the_decoded_answer(blocks: list[dict[str, Any]], tools_ok: bool, stop: str) -> None:
+    wire = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": blocks,
+            "stop_reason": stop, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    rules = CacheRules(cache_tool_calls=tools_ok)
+    fmt = FORMATS["anthropic-messages"]
+    assert storable_probe(fmt.response_probe(wire), rules) == storable(fmt.decode_response(wire), rules)
+    assert clean_usage(fmt.response_usage(wire)) == fmt.decode_response(wire)["usage"]  # the fast path's usage read
