@@ -536,3 +536,21 @@ def test_anthropic_probe_agrees_with_the_decoded_answer(blocks: list[dict[str, A
     fmt = FORMATS["anthropic-messages"]
     assert storable_probe(fmt.response_probe(wire), rules) == storable(fmt.decode_response(wire), rules)
     assert clean_usage(fmt.response_usage(wire)) == fmt.decode_response(wire)["usage"]  # the fast path's usage read
+
+
+@settings(max_examples=150, deadline=None)
+@given(content=_MAYBE_TEXT, thinking=_MAYBE_TEXT, tool_calls=st.one_of(st.none(), st.just([]), st.lists(
+    st.fixed_dictionaries({"function": st.fixed_dictionaries({"name": st.just("f"), "arguments": st.just({})})}), min_size=1, max_size=2)),
+    tools_ok=st.booleans(), done=st.sampled_from(["stop", "length", "load"]))
+def test_ollama_probe_agrees_with_the_decoded_answer(content: Any, thinking: Any, tool_calls: Any, tools_ok: bool, done: str) -> None:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking is not None:
+        message["thinking"] = thinking
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    wire = {"model": "llama3.2", "created_at": "2026-11-29T00:00:00Z", "message": message, "done": True, "done_reason": done,
+            "prompt_eval_count": 4, "eval_count": 2}
+    rules = CacheRules(cache_tool_calls=tools_ok)
+    fmt = FORMATS["ollama"]
+    assert storable_probe(fmt.response_probe(wire), rules) == storable(fmt.decode_response(wire), rules)
+    assert clean_usage(fmt.response_usage(wire)) == fmt.decode_response(wire)["usage"]
