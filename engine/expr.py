@@ -320,7 +320,7 @@ class _Gen:
 
     def truthy(self, v: str) -> str:
         """JMESPath truthiness of local `v` as a Python condition (0 is true, empty is false)."""
-        return v if v in self.booleans else f"{v} or ({v} == 0 and {v} is not False)"
+        return v if v in self.booleans else f"({v} or ({v} == 0 and {v} is not False))"
 
     def node(self, spec: Any, ctx: str, ind: int, where: str) -> str:
         if isinstance(spec, str):
@@ -389,7 +389,6 @@ class _Gen:
         mark = len(self.lines)
         self.emit(ind, "try:")  # free in 3.11 when nothing is raised, unlike a wrapper call
         src = jmes_gen.JmesSource(self, _OPTIONS.custom_functions)
-        src.booleans = self.booleans
         try:
             v = src.value(parsed, ctx, ind + 1)
         except jmes_gen.Unsupported:

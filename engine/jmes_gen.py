@@ -25,7 +25,6 @@ import orjson
 
 from .jmes import _PY_TYPES, Unsupported, _arg_check, _direct, _eq
 
-_BOOLEAN = ("comparator", "not_expression")  # node kinds whose value is True, False or None
 _ORDER = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object", type(None): "null"}
 
@@ -33,10 +32,13 @@ _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", l
 class Gen(Protocol):
     """What this module needs from expr._Gen."""
 
+    booleans: set[str]  # names holding True, False or None only
+
     def emit(self, indent: int, line: str) -> None: ...
     def local(self) -> str: ...
     def const(self, value: Any) -> str: ...
     def lookup(self, ctx: str, name: str) -> str: ...
+    def truthy(self, name: str) -> str: ...
 
 
 def _map_error(items: Any) -> Exception:
@@ -52,16 +54,9 @@ class JmesSource:
         self.g = gen
         self.fns = functions
         self.may_raise = False
-        self.booleans: set[str] = set()  # result names that hold True/False/None only
 
     def value(self, node: dict[str, Any], ctx: str, ind: int) -> str:
         return self._x(node, ctx, True, ind)
-
-    def truthy(self, name: str) -> str:
-        """A Python condition that is JMESPath's truthiness of `name`."""
-        if name in self.booleans:
-            return name
-        return f"({name} or ({name} == 0 and {name} is not False))"
 
     # ------------------------------------------------------------ node kinds
 
@@ -118,18 +113,18 @@ class JmesSource:
             a = self._x(ch[0], cur, root, ind)
             v = g.local()
             g.emit(ind, f"{v} = {a}")
-            test = self.truthy(a)
+            test = g.truthy(a)
             g.emit(ind, f"if {test}:" if t == "and_expression" else f"if not {test}:")
             b = self._x(ch[1], cur, root, ind + 1)
             g.emit(ind + 1, f"{v} = {b}")
-            if a in self.booleans and b in self.booleans:
-                self.booleans.add(v)
+            if a in g.booleans and b in g.booleans:
+                g.booleans.add(v)
             return v
         if t == "not_expression":
             a = self._x(ch[0], cur, root, ind)
             v = g.local()
-            g.emit(ind, f"{v} = not {self.truthy(a)}")
-            self.booleans.add(v)
+            g.emit(ind, f"{v} = not {g.truthy(a)}")
+            g.booleans.add(v)
             return v
         if t in ("multi_select_list", "multi_select_hash"):
             v = g.local()
@@ -162,7 +157,7 @@ class JmesSource:
         body = ind + 2
         if t == "filter_projection":
             cond = self._x(ch[2], item, False, body)
-            g.emit(body, f"if {self.truthy(cond)}:")
+            g.emit(body, f"if {g.truthy(cond)}:")
             body += 1
         r = self._x(ch[1], item, False, body)
         g.emit(body, f"if {r} is not None: {v}.append({r})")
@@ -173,7 +168,7 @@ class JmesSource:
         a = self._x(ch[0], cur, root, ind)
         b = self._x(ch[1], cur, root, ind)
         v = g.local()
-        self.booleans.add(v)
+        g.booleans.add(v)
         if name in ("eq", "ne"):
             text = any(c["type"] == "literal" and isinstance(c["value"], str) for c in ch)
             # Against a string, JSON equality is Python's: no true == 1 to guard.
