@@ -554,3 +554,15 @@ def test_ollama_probe_agrees_with_the_decoded_answer(content: Any, thinking: Any
     fmt = FORMATS["ollama"]
     assert storable_probe(fmt.response_probe(wire), rules) == storable(fmt.decode_response(wire), rules)
     assert clean_usage(fmt.response_usage(wire)) == fmt.decode_response(wire)["usage"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.fixed_dictionaries({}, optional={k: st.integers(0, 500) for k in (
+    "promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "cachedContentTokenCount", "toolUsePromptTokenCount")}))
+def test_gemini_usage_node_reads_what_the_decode_reads(counts: dict[str, int]) -> None:
+    """The same-format fast path reads Gemini usage through response.usage, without a decode."""
+    wire = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Paris."}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": counts, "modelVersion": "gemini-2.5-flash", "responseId": "r1"}
+    fmt = FORMATS["gemini"]
+    assert fmt.resp_usage is not None
+    assert clean_usage(fmt.response_usage(wire)) == fmt.decode_response(wire)["usage"]
