@@ -12,7 +12,10 @@ import anthropic
 import httpx
 import ollama
 import openai
+import orjson
 import pytest
+from google import genai
+from google.genai import types as gt
 
 from tests.support import Gateway
 from tools.fake_upstream.launch import FakeUpstream
@@ -24,14 +27,14 @@ def upstream_calls(fake: FakeUpstream, marker: str) -> int:
     return sum(1 for r in fake.stats()["requests"] if marker in str(r.get("body")))
 
 
-def stored_bodies(gw: Gateway, marker: str) -> list[bytes]:
-    """The first bytes of each persisted entry whose answer mentions `marker` (the writer thread
-    commits within LINGER_S; poll a little longer)."""
+def stored_formats(gw: Gateway, marker: str) -> list[str | None]:
+    """For each persisted entry whose answer mentions `marker`: the wire format it was stored in
+    (None for a canonical entry). The writer thread commits within LINGER_S; poll a little longer."""
     deadline = time.monotonic() + 5
     while True:
         conn = sqlite3.connect(gw.workdir / "data" / "cache.sqlite3")
         try:
-            rows = [bytes(b)[:21] for (b,) in conn.execute("SELECT body FROM entries") if marker.encode() in bytes(b)]
+            rows = [orjson.loads(b).get("wire") for (b,) in conn.execute("SELECT body FROM entries") if marker.encode() in bytes(b)]
         finally:
             conn.close()
         if rows or time.monotonic() > deadline:
@@ -53,7 +56,7 @@ def test_cross_format_hit_and_key_isolation(gw: Gateway, fake: FakeUpstream) -> 
     first = oa(gw).chat.completions.with_raw_response.create(model="openai/gpt-4.1", max_tokens=4096, messages=[{"role": "user", "content": q}])
     assert first.headers["x-omniroute-cache"] == "MISS"
     # the same-format fast path stored the answer as it came, decoded only now, for the hit
-    assert stored_bodies(gw, q) == [b'{"wire":"openai-chat"']
+    assert stored_formats(gw, q) == ["openai-chat"]
     # the same question through the Anthropic route, same key: one cache entry
     an = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-alice-123456", max_retries=0)
     r = an.messages.with_raw_response.create(model="openai/gpt-4.1", max_tokens=4096, messages=[{"role": "user", "content": q}])
@@ -76,10 +79,21 @@ def test_anthropic_fast_path_answer_serves_an_openai_client(gw: Gateway, fake: F
     an = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-alice-123456", max_retries=0)
     first = an.messages.with_raw_response.create(model="anthropic/claude-sonnet-4-5", max_tokens=512, messages=[{"role": "user", "content": q}])
     assert first.headers["x-omniroute-cache"] == "MISS"
-    assert stored_bodies(gw, q) == [b'{"wire":"anthropic-me']
+    assert stored_formats(gw, q) == ["anthropic-messages"]
     r = oa(gw).chat.completions.with_raw_response.create(model="anthropic/claude-sonnet-4-5", max_tokens=512, messages=[{"role": "user", "content": q}])
     assert r.headers["x-omniroute-cache"] == "HIT"
     assert r.parse().choices[0].message.content == first.parse().content[0].text
+    assert upstream_calls(fake, q) == 1
+
+
+def test_gemini_fast_path_answer_serves_an_openai_client(gw: Gateway, fake: FakeUpstream) -> None:
+    q = f"river {uuid.uuid4().hex}?"
+    client = genai.Client(api_key="sk-alice-123456", http_options=gt.HttpOptions(base_url=gw.base_url, api_version="v1beta"))
+    first = client.models.generate_content(model="gemini/gemini-2.5-flash", contents=q)
+    assert stored_formats(gw, q) == ["gemini"]
+    r = oa(gw).chat.completions.with_raw_response.create(model="gemini/gemini-2.5-flash", messages=[{"role": "user", "content": q}])
+    assert r.headers["x-omniroute-cache"] == "HIT"
+    assert r.parse().choices[0].message.content == first.text
     assert upstream_calls(fake, q) == 1
 
 

@@ -184,12 +184,12 @@ def test_the_flusher_thread_writes_on_its_own(tmp_path):
 
 def test_under_load_the_flusher_gathers_a_few_ticks(tmp_path):
     """BUSY_RECORDS waiting at a tick: no flush before BUSY_TICKS intervals, then all of them."""
-    store = UsageStore(tmp_path, flush_interval=0.1)
-    store.start()
+    store = UsageStore(tmp_path, flush_interval=0.4)
     n = BUSY_RECORDS + 50
     for i in range(n):
         store.record({**base(), "request_id": f"r{i}"})
-    time.sleep(0.15)  # a tick went by: a quiet store would have flushed at it
+    store.start()
+    time.sleep(0.6)  # a tick went by (a quiet store would have flushed at it); the window ends at 1.2 s
     assert store.written == 0
     deadline = time.time() + 5
     while time.time() < deadline and store.written < n:
