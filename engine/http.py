@@ -33,8 +33,8 @@ class Request:
     dicts per request) or from an ASGI scope and `receive` (the constructor: any ASGI server, and
     the in-process tests)."""
 
-    __slots__ = ("_body", "_chunks", "_headers", "_query", "_raw_headers", "client", "method", "params", "path",
-                 "query_string", "receive", "whole")
+    __slots__ = ("_body", "_chunks", "_headers", "_query", "_raw_headers", "_receive", "_whole", "client", "method",
+                 "params", "path", "query_string")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
@@ -44,8 +44,8 @@ class Request:
         self.client: str = client[0] if client else ""
         self.query_string: str = scope.get("query_string", b"").decode("latin-1")
         self._raw_headers: Any = scope["headers"]
-        self.receive: Receive | None = receive
-        self.whole: Callable[[], Awaitable[bytes]] | None = None  # RSGI: the body in one call
+        self._receive: Receive | None = receive
+        self._whole: Callable[[], Awaitable[bytes]] | None = None  # RSGI: the body in one call
         self._chunks: AsyncIterator[bytes] | None = None
         self._headers: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
@@ -59,8 +59,7 @@ class Request:
         req.client = host.strip("[]")
         req.query_string = scope.query_string
         req._headers = dict(scope.headers.items())
-        req.receive, req.whole = None, proto
-        req._chunks = proto
+        req._receive, req._whole, req._chunks = None, proto, proto
         req._raw_headers = req._query = req._body = None
         return req
 
@@ -80,8 +79,8 @@ class Request:
         """The whole body. With `limit`, raise BodyTooLarge once more than `limit` bytes arrive."""
         if self._body is None:
             declared = self.headers.get("content-length", "")
-            if self.whole is not None and declared.isdigit() and (limit is None or int(declared) <= limit):
-                self._body = await self.whole()  # one call when the size is known and allowed
+            if self._whole is not None and declared.isdigit() and (limit is None or int(declared) <= limit):
+                self._body = await self._whole()  # one call when the size is known and allowed
                 return self._body
             chunks: list[bytes] = []
             size = 0
@@ -100,9 +99,10 @@ class Request:
                 if chunk:
                     yield chunk
             return
-        more = self.receive is not None
+        receive = self._receive
+        more = receive is not None
         while more:
-            message = await self.receive()  # type: ignore[misc]
+            message = await receive()  # type: ignore[misc]
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
