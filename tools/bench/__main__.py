@@ -112,7 +112,7 @@ def thin_section(seconds: float) -> None:
             port = free_port()
             env = {**os.environ, "THIN_TARGET": fake.url("openai") + "/chat/completions", "THIN_CLIENT": client}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "granian", "--interface", "asgi", "--port", str(port), "--no-ws", "--log-level", "error", "tools.bench.thin_proxy:app"],
+                [sys.executable, "-m", "granian", "--interface", "rsgi", "--port", str(port), "--no-ws", "--log-level", "error", "tools.bench.thin_proxy:app"],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             try:

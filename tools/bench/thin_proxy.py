@@ -2,7 +2,7 @@
 
 `THIN_CLIENT` picks the upstream client: httpx (its own transport), httpx-aiohttp, omniroute (httpx
 requests through engine/transport.py, as the gateway sends them), or aiohttp.
-Run: THIN_TARGET=http://... granian --interface asgi tools.bench.thin_proxy:app
+Run: THIN_TARGET=http://... granian --interface rsgi tools.bench.thin_proxy:app
 """
 
 from __future__ import annotations
@@ -35,37 +35,29 @@ def _make() -> Any:
     return httpx.AsyncClient(transport=AiohttpTransport(trust_env=False), trust_env=False)
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global _client
-    if scope["type"] != "http":
-        if scope["type"] == "lifespan":
-            while True:
-                m = await receive()
-                await send({"type": m["type"] + ".complete"})
-                if m["type"] == "lifespan.shutdown":
-                    return
-        return
-    body = b""
-    more = True
-    while more:
-        m = await receive()
-        body += m.get("body", b"")
-        more = m.get("more_body", False)
-    if _client is None:
-        _client = _make()
-    headers = {"content-type": "application/json", "authorization": "Bearer x"}
-    if CLIENT == "aiohttp":
-        async with _client.post(TARGET, data=body, headers=headers) as r:
-            data = await r.read()
-            status = r.status
-    elif CLIENT == "omniroute":
-        import httpx
+class _Proxy:
+    """RSGI, as the gateway serves: the floor is the fastest interface granian offers."""
 
-        r = await _client.handle_async_request(httpx.Request("POST", TARGET, content=body, headers=headers))
-        data, status = await r.aread(), r.status_code
-        await r.aclose()
-    else:
-        r = await _client.post(TARGET, content=body, headers=headers)
-        data, status = r.content, r.status_code
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": data})
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        global _client
+        body = await proto()
+        if _client is None:
+            _client = _make()
+        headers = {"content-type": "application/json", "authorization": "Bearer x"}
+        if CLIENT == "aiohttp":
+            async with _client.post(TARGET, data=body, headers=headers) as r:
+                data = await r.read()
+                status = r.status
+        elif CLIENT == "omniroute":
+            import httpx
+
+            r = await _client.handle_async_request(httpx.Request("POST", TARGET, content=body, headers=headers))
+            data, status = await r.aread(), r.status_code
+            await r.aclose()
+        else:
+            r = await _client.post(TARGET, content=body, headers=headers)
+            data, status = r.content, r.status_code
+        proto.response_bytes(status, [("content-type", "application/json")], data)
+
+
+app = _Proxy()
