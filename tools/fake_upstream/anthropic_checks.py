@@ -8,6 +8,7 @@ error types; field problems read like the API's validator ("max_tokens: Field re
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from .wire import Headers, Reply, json_reply, rand_id
@@ -190,16 +191,19 @@ def _check_messages(messages: Any) -> Reply | None:
     return None
 
 
+def _bad_tag(at: str, tag: Any, choices: Iterable[str]) -> Reply:
+    """Anthropic's refusal of a discriminator value outside the union's tags."""
+    expected = ", ".join(f"'{t}'" for t in choices)
+    return invalid(f"{at}: Input tag '{tag}' found using 'type' does not match any of the expected tags: {expected}")
+
+
 def _check_block(block: Any, i: int, j: int, role: str) -> Reply | None:
     at = f"messages.{i}.content.{j}"
     if not isinstance(block, dict):
         return invalid(f"{at}: Input should be a valid dictionary")
     kind = block.get("type")
     if kind not in BLOCK_TYPES:
-        expected = ", ".join(f"'{t}'" for t in BLOCK_TYPES)
-        return invalid(
-            f"{at}: Input tag '{kind}' found using 'type' does not match any of the expected tags: {expected}"
-        )
+        return _bad_tag(at, kind, BLOCK_TYPES)
     if kind == "text":
         text = block.get("text")
         if not isinstance(text, str):
@@ -224,10 +228,7 @@ def _check_block(block: Any, i: int, j: int, role: str) -> Reply | None:
             if not isinstance(source.get("url"), str):
                 return invalid(f"{at}.image.source.url.url: Field required")
         elif stype != "file":
-            return invalid(
-                f"{at}.image.source: Input tag '{stype}' found using 'type' does not match any of the expected tags: "
-                "'base64', 'url', 'file'"
-            )
+            return _bad_tag(f"{at}.image.source", stype, ("base64", "url", "file"))
     elif kind == "document":
         return _check_document(block.get("source"), at)
     elif kind == "tool_use":
@@ -269,10 +270,7 @@ def _check_document(source: Any, at: str) -> Reply | None:
         return invalid(f"{at}.document.source: Field required")
     stype = source.get("type")
     if stype not in DOCUMENT_SOURCES:
-        expected = ", ".join(f"'{t}'" for t in DOCUMENT_SOURCES)
-        return invalid(
-            f"{at}.document.source: Input tag '{stype}' found using 'type' does not match any of the expected tags: {expected}"
-        )
+        return _bad_tag(f"{at}.document.source", stype, DOCUMENT_SOURCES)
     media, fields = DOCUMENT_SOURCES[stype]
     if media is not None and source.get("media_type") != media:
         return invalid(f"{at}.document.source.{stype}.media_type: Input should be '{media}'")
@@ -292,10 +290,7 @@ def _check_thinking(body: dict[str, Any], need_max_tokens: bool) -> Reply | None
         return invalid("thinking: Input should be a valid dictionary")
     kind = thinking.get("type")
     if kind not in ("enabled", "disabled", "adaptive", "between_tools"):
-        return invalid(
-            f"thinking: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
-            "'enabled', 'disabled', 'adaptive', 'between_tools'"
-        )
+        return _bad_tag("thinking", kind, ("enabled", "disabled", "adaptive", "between_tools"))
     if kind != "enabled":
         return None
     budget = thinking.get("budget_tokens")

@@ -95,6 +95,10 @@ def _type_name(value: Any) -> str:
     return "an object"
 
 
+def _missing(param: str) -> Reply:
+    return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+
+
 def _bad_type(param: str, expected: str, value: Any) -> Reply:
     return invalid(
         f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
@@ -139,7 +143,7 @@ def validate_chat(body: dict[str, Any]) -> Reply | None:
         return invalid("you must provide a model parameter")
     messages = body.get("messages")
     if messages is None:
-        return invalid("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+        return _missing("messages")
     if not isinstance(messages, list):
         return _bad_type("messages", "an array", messages)
     if not messages:
@@ -151,9 +155,7 @@ def validate_chat(body: dict[str, Any]) -> Reply | None:
             return _bad_type(where, "an object", msg)
         role = msg.get("role")
         if role is None:
-            return invalid(
-                f"Missing required parameter: '{where}.role'.", f"{where}.role", "missing_required_parameter"
-            )
+            return _missing(f"{where}.role")
         if role not in ROLES:
             return invalid(
                 f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', "
@@ -174,11 +176,7 @@ def validate_chat(body: dict[str, Any]) -> Reply | None:
         if role == "tool":
             call_id = msg.get("tool_call_id")
             if not call_id:
-                return invalid(
-                    f"Missing required parameter: '{where}.tool_call_id'.",
-                    f"{where}.tool_call_id",
-                    "missing_required_parameter",
-                )
+                return _missing(f"{where}.tool_call_id")
             if call_id not in pending:
                 return invalid(
                     "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
@@ -196,19 +194,11 @@ def validate_chat(body: dict[str, Any]) -> Reply | None:
                     return _bad_type(at, "an object", call)
                 for need in ("id", "type", "function"):
                     if need not in call:
-                        return invalid(
-                            f"Missing required parameter: '{at}.{need}'.",
-                            f"{at}.{need}",
-                            "missing_required_parameter",
-                        )
+                        return _missing(f"{at}.{need}")
                 fn = call["function"]
                 if not isinstance(fn, dict) or "name" not in fn or "arguments" not in fn:
                     missing = "name" if not isinstance(fn, dict) or "name" not in fn else "arguments"
-                    return invalid(
-                        f"Missing required parameter: '{at}.function.{missing}'.",
-                        f"{at}.function.{missing}",
-                        "missing_required_parameter",
-                    )
+                    return _missing(f"{at}.function.{missing}")
                 if not isinstance(fn["arguments"], str):
                     return _bad_type(f"{at}.function.arguments", "a string", fn["arguments"])
                 pending[call["id"]] = i
@@ -247,11 +237,7 @@ def _check_content(msg: dict[str, Any], role: str, where: str) -> Reply | None:
             return None
         if role == "assistant":
             return invalid("Invalid value for 'content': expected a string, got null.", f"{where}.content")
-        return invalid(
-            f"Missing required parameter: '{where}.content'.",
-            f"{where}.content",
-            "missing_required_parameter",
-        )
+        return _missing(f"{where}.content")
     if isinstance(content, str):
         return None
     if not isinstance(content, list):
@@ -271,9 +257,7 @@ def _check_content(msg: dict[str, Any], role: str, where: str) -> Reply | None:
                 f"Invalid value: '{kind}'. Supported values are: {listed}.", f"{at}.type", "invalid_value"
             )
         if kind == "text" and not isinstance(part.get("text"), str):
-            return invalid(
-                f"Missing required parameter: '{at}.text'.", f"{at}.text", "missing_required_parameter"
-            )
+            return _missing(f"{at}.text")
         if kind in ("file", "input_audio"):
             problem = _check_media_part(part, kind, at)
             if problem:
@@ -281,11 +265,7 @@ def _check_content(msg: dict[str, Any], role: str, where: str) -> Reply | None:
         if kind == "image_url":
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
-                return invalid(
-                    f"Missing required parameter: '{at}.image_url.url'.",
-                    f"{at}.image_url.url",
-                    "missing_required_parameter",
-                )
+                return _missing(f"{at}.image_url.url")
     return None
 
 
@@ -295,7 +275,7 @@ def _check_media_part(part: dict[str, Any], kind: str, at: str) -> Reply | None:
     if kind == "file":
         file = part.get("file")
         if not isinstance(file, dict):
-            return invalid(f"Missing required parameter: '{at}.file'.", f"{at}.file", "missing_required_parameter")
+            return _missing(f"{at}.file")
         data, file_id = file.get("file_data"), file.get("file_id")
         if data is None and file_id is None:
             return invalid(
@@ -316,11 +296,7 @@ def _check_media_part(part: dict[str, Any], kind: str, at: str) -> Reply | None:
         return None
     audio = part.get("input_audio")
     if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
-        return invalid(
-            f"Missing required parameter: '{at}.input_audio.data'.",
-            f"{at}.input_audio.data",
-            "missing_required_parameter",
-        )
+        return _missing(f"{at}.input_audio.data")
     if audio.get("format") not in ("wav", "mp3"):
         return invalid(
             f"Invalid value: '{audio.get('format')}'. Supported values are: 'wav' and 'mp3'.",
@@ -348,11 +324,7 @@ def _check_tools(body: dict[str, Any]) -> Reply | None:
                 )
             fn = tool.get("function")
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                return invalid(
-                    f"Missing required parameter: 'tools[{i}].function.name'.",
-                    f"tools[{i}].function.name",
-                    "missing_required_parameter",
-                )
+                return _missing(f"tools[{i}].function.name")
             name = fn["name"]
             if not name or len(name) > 64 or not all(c.isalnum() or c in "_-" for c in name):
                 return invalid(
