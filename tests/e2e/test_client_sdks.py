@@ -337,14 +337,17 @@ def test_a_model_that_backs_off_says_why(gw: Gateway) -> None:
 # ---------------------------------------------------------------- files (documents, audio)
 
 
+def gemini_with_file(gw: Gateway, model: str, text: str, mime_type: str, b64: str) -> Any:
+    """google-genai sends `text` and one inline file part (the SDK base64-encodes the bytes)."""
+    part = gt.Part(inline_data=gt.Blob(mime_type=mime_type, data=base64.b64decode(b64)))
+    return Gemini(gw.base_url).sdk.models.generate_content(
+        model=model, contents=[gt.Content(role="user", parts=[gt.Part(text=text), part])]
+    )
+
+
 def test_a_pdf_from_a_gemini_client_reaches_anthropic_as_a_document(gw: Gateway, fake: FakeUpstream) -> None:
     marker = "mk" + uuid.uuid4().hex[:12]
-    client = Gemini(gw.base_url)
-    pdf = gt.Part(inline_data=gt.Blob(mime_type="application/pdf", data=base64.b64decode(PDF_B64)))
-    out = client.sdk.models.generate_content(
-        model=UPSTREAMS["anthropic"],
-        contents=[gt.Content(role="user", parts=[gt.Part(text=f"summarise {marker}"), pdf])],
-    )
+    out = gemini_with_file(gw, UPSTREAMS["anthropic"], f"summarise {marker}", "application/pdf", PDF_B64)
     assert out.text == f"Hello! You said: summarise {marker}"
     blocks = one_chat(fake, "anthropic", marker)["messages"][0]["content"]
     docs = [b for b in blocks if b["type"] == "document"]
@@ -387,12 +390,7 @@ def test_a_pdf_from_the_openai_sdk_reaches_anthropic_as_a_titled_document(
 def test_audio_from_a_gemini_client_reaches_openai_as_input_audio(gw: Gateway, fake: FakeUpstream) -> None:
     """google-genai sends the bytes as URL-safe base64; OpenAI gets standard base64 in input_audio."""
     marker = "mk" + uuid.uuid4().hex[:12]
-    client = Gemini(gw.base_url)
-    audio = gt.Part(inline_data=gt.Blob(mime_type="audio/wav", data=base64.b64decode(WAV_B64)))
-    out = client.sdk.models.generate_content(
-        model=UPSTREAMS["openai"],
-        contents=[gt.Content(role="user", parts=[gt.Part(text=f"transcribe {marker}"), audio])],
-    )
+    out = gemini_with_file(gw, UPSTREAMS["openai"], f"transcribe {marker}", "audio/wav", WAV_B64)
     assert out.text == f"Hello! You said: transcribe {marker}"
     content = one_chat(fake, "openai", marker)["messages"][0]["content"]
     assert content == [
